@@ -1,0 +1,240 @@
+"""The ``hst`` command line.
+
+Every verb takes its options as flags and, equivalently, as dotted ``key=value`` overrides (and, for
+training, a ``--config`` YAML file); see ``hst VERB --help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from hst.config import ConfigError, resolve_config
+from hst.data.base import DataError
+from hst.data.spec import DATA_SPEC_HELP
+
+EPILOG_OVERRIDES = "Options can also be given as dotted key=value overrides after the positional arguments."
+
+
+@dataclass
+class DataStatsOptions:
+    data: str = "synthetic"
+    top: int = 10
+
+
+@dataclass
+class MakePartialOptions:
+    data: str = "synthetic"
+    scheme: str = "entry"
+    proportion: float = 0.5
+    seed: int = 0
+    out: str = ""
+
+
+@dataclass
+class MetricsOptions:
+    scores: str = ""
+    labels: str = ""
+    json: bool = False
+    scores_are_probabilities: bool = False
+
+
+def _options(schema: type, args: argparse.Namespace, names: Sequence[str]) -> object:
+    # Flags given on the command line become overrides, applied before the free key=value ones.
+    positional = getattr(args, "data", None)
+    if isinstance(positional, str) and "=" in positional.split(":", 1)[0]:
+        # A lone key=value lands in the optional positional slot; treat it as an override.
+        args.overrides = [positional, *args.overrides]
+        args.data = None
+    flags = [f"{name}={json.dumps(getattr(args, name))}" for name in names if getattr(args, name) is not None]
+    return resolve_config(schema, getattr(args, "config", None), [*flags, *args.overrides])
+
+
+def _print(lines: Sequence[str]) -> None:
+    for line in lines:
+        print(line)
+
+
+def cmd_data_stats(args: argparse.Namespace) -> int:
+    from hst.data.spec import load_dataset
+    from hst.data.stats import dataset_stats
+
+    options = _options(DataStatsOptions, args, ["data", "top"])
+    assert isinstance(options, DataStatsOptions)
+    data = load_dataset(options.data)
+    print(f"dataset: {data.source}")
+    _print(dataset_stats(data, top=options.top).lines())
+    return 0
+
+
+def cmd_make_partial(args: argparse.Namespace) -> int:
+    from hst.data.partial import make_partial, partial_stats
+    from hst.data.readers import write_csv_manifest
+    from hst.data.spec import load_dataset
+
+    options = _options(MakePartialOptions, args, ["data", "scheme", "proportion", "seed", "out"])
+    assert isinstance(options, MakePartialOptions)
+    if not options.out:
+        raise ConfigError("make-partial needs --out FILE.csv")
+    data = load_dataset(options.data)
+    partial = make_partial(data.labels, options.scheme, options.proportion, options.seed)
+    out = Path(options.out)
+    write_csv_manifest(data.with_labels(partial), out)
+    print(
+        f"wrote {out} ({options.scheme}, proportion {options.proportion}, seed {options.seed}) from {data.source}"
+    )
+    _print(partial_stats(partial, data.class_names, full=data.labels).lines())
+    return 0
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    from hst.data.readers import read_csv_manifest
+    from hst.data.scores import align_scores, read_scores_csv
+    from hst.metrics import evaluate
+
+    options = _options(MetricsOptions, args, ["scores", "labels", "json", "scores_are_probabilities"])
+    assert isinstance(options, MetricsOptions)
+    if not options.scores or not options.labels:
+        raise ConfigError("metrics needs --scores S.csv and --labels L.csv")
+    labels = read_csv_manifest(Path(options.labels))
+    score_ids, score_classes, scores = read_scores_csv(Path(options.scores))
+    scores = align_scores(
+        score_ids, score_classes, scores, labels.image_ids, labels.class_names, where=options.scores
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = evaluate(
+            scores, labels.labels, labels.class_names, scores_are_probabilities=options.scores_are_probabilities
+        )
+    for warning in caught:
+        print(f"warning: {warning.message}", file=sys.stderr)
+    if options.json:
+        print(json.dumps(result.to_dict()))
+        return 0
+    print(f"mAP {result.mAP:.2f}  OF1 {result.OF1:.2f}  CF1 {result.CF1:.2f}")
+    print(f"OP {result.OP:.2f}  OR {result.OR:.2f}  CP {result.CP:.2f}  CR {result.CR:.2f}")
+    print("per-class AP:")
+    for name, value in result.per_class_AP.items():
+        print(f"  {name}: {value:.2f}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from hst.engine.config import TrainConfig
+    from hst.engine.train import train
+
+    config = resolve_config(TrainConfig, args.config, args.overrides)
+    result = train(config)
+    print()
+    print(f"run folder: {result.run_dir}")
+    for line in result.summary_lines:
+        print(line)
+    test = result.test_metrics
+    if test:
+        print(f"test mAP {test['mAP']:.2f}  OF1 {test['OF1']:.2f}  CF1 {test['CF1']:.2f}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from hst.engine.train import evaluate_checkpoint
+
+    metrics = evaluate_checkpoint(Path(args.checkpoint), args.data)
+    if args.json:
+        print(json.dumps(metrics))
+        return 0
+    print(f"mAP {metrics['mAP']:.2f}  OF1 {metrics['OF1']:.2f}  CF1 {metrics['CF1']:.2f}")
+    print("per-class AP:")
+    for name, value in metrics["per_class_AP"].items():
+        print(f"  {name}: {value:.2f}")
+    return 0
+
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hst",
+        description="Multi-label image recognition with partial labels: HST and baselines.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Data specs:\n" + DATA_SPEC_HELP,
+    )
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB")
+    verbs.required = True
+
+    def verb(
+        parent: argparse._SubParsersAction, name: str, help_text: str, handler: Handler
+    ) -> argparse.ArgumentParser:
+        sub = parent.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            epilog=EPILOG_OVERRIDES,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        sub.set_defaults(handler=handler)
+        return sub
+
+    data = verbs.add_parser("data", help="inspect datasets", description="Inspect datasets.")
+    data_verbs = data.add_subparsers(dest="data_verb", metavar="DATA_VERB")
+    data_verbs.required = True
+    stats = verb(data_verbs, "stats", "images, classes, positives per image, frequent co-occurring pairs",
+                 cmd_data_stats)
+    stats.add_argument("data", nargs="?", default=None, help="data spec (default: synthetic)")
+    stats.add_argument("--top", type=int, default=None, help="number of co-occurring pairs to list (10)")
+    stats.add_argument("overrides", nargs="*", metavar="key=value")
+
+    partial = verb(verbs, "make-partial", "hide labels by a seeded protocol and write a CSV manifest",
+                   cmd_make_partial)
+    partial.add_argument("data", nargs="?", default=None, help="data spec of the fully labelled dataset")
+    partial.add_argument("--scheme", default=None,
+                         choices=["entry", "image-count", "class", "single-positive"],
+                         help="entry (published protocol, default), image-count, class, single-positive")
+    partial.add_argument("--proportion", type=float, default=None, help="known proportion in [0, 1] (0.5)")
+    partial.add_argument("--seed", type=int, default=None, help="random seed (0)")
+    partial.add_argument("--out", default=None, help="output CSV manifest")
+    partial.add_argument("overrides", nargs="*", metavar="key=value")
+
+    metrics = verb(verbs, "metrics", "mAP, OF1, CF1 and per-class AP of a score file against a label file",
+                   cmd_metrics)
+    metrics.add_argument("--scores", default=None, help="CSV: image,<classes…> with real-valued scores")
+    metrics.add_argument("--labels", default=None, help="CSV manifest with 1/-1/0/empty labels")
+    metrics.add_argument("--json", action="store_const", const=True, default=None,
+                         help="print one JSON object")
+    metrics.add_argument("--scores-are-probabilities", dest="scores_are_probabilities",
+                         action="store_const", const=True, default=None,
+                         help="scores are probabilities (threshold 0.5) rather than logits (threshold 0)")
+    metrics.add_argument("overrides", nargs="*", metavar="key=value")
+
+    train = verb(verbs, "train", "train a method (HST by default) and test the checkpoint chosen on validation",
+                 cmd_train)
+    train.add_argument("--config", default=None, help="YAML config file (e.g. configs/paper/voc2007.yaml)")
+    train.add_argument("overrides", nargs="*", metavar="key=value",
+                       help="e.g. data.proportion=0.5 method.name=partial_bce trainer.epochs=20")
+
+    evaluate = verb(verbs, "evaluate", "score a dataset with a trained checkpoint (mAP, OF1, CF1, per-class AP)",
+                    cmd_evaluate)
+    evaluate.add_argument("checkpoint", help="checkpoint file written by hst train (checkpoints/best.ckpt)")
+    evaluate.add_argument("data", help="data spec with full labels")
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except (ConfigError, DataError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""Typed configs from dataclasses, YAML files and dotted ``key=value`` overrides.
+
+Every verb of the CLI resolves its options the same way: dataclass defaults, then an optional YAML file,
+then command-line overrides such as ``method.name=partial_bce`` or ``data.proportion=0.5``.
+An unknown key is an error that names the key and the closest valid one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the config schema."""
+
+
+def valid_keys(schema: type) -> list[str]:
+    """All dotted keys of a dataclass schema (leaves and sections)."""
+    keys: list[str] = []
+    for field in dataclasses.fields(schema):
+        keys.append(field.name)
+        field_type = field.type if isinstance(field.type, type) else None
+        default = field.default_factory() if field.default_factory is not dataclasses.MISSING else None
+        nested = field_type if field_type and dataclasses.is_dataclass(field_type) else None
+        if nested is None and default is not None and dataclasses.is_dataclass(default):
+            nested = type(default)
+        if nested is not None:
+            keys.extend(f"{field.name}.{sub}" for sub in valid_keys(nested))
+    return keys
+
+
+def _check_keys(schema: type, values: dict[str, Any], where: str, prefix: str = "") -> None:
+    allowed = valid_keys(schema)
+    for key, value in values.items():
+        dotted = f"{prefix}{key}"
+        if dotted not in allowed:
+            close = difflib.get_close_matches(dotted, allowed, n=1, cutoff=0.5)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"{where}: unknown config key {dotted!r}{hint}")
+        if isinstance(value, dict) and any(k.startswith(dotted + ".") for k in allowed):
+            _check_keys(schema, value, where, prefix=dotted + ".")
+
+
+def _parse_override(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key=value (e.g. data.proportion=0.5)")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {text!r} has an empty key")
+    # YAML parsing gives numbers, booleans and null their types; strings stay strings.
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    if isinstance(value, (dict, list)) and not raw.strip().startswith(("[", "{")):
+        value = raw
+    return key, value
+
+
+def _nest(key: str, value: Any) -> dict[str, Any]:
+    out: Any = value
+    for part in reversed(key.split(".")):
+        out = {part: out}
+    return out
+
+
+def resolve_config(schema: type[T], config_file: str | Path | None = None, overrides: list[str] = ()) -> T:
+    """Build a ``schema`` instance: defaults ← YAML file ← overrides, type-checked."""
+    merged = OmegaConf.structured(schema)
+    layers: list[tuple[str, dict[str, Any]]] = []
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path}: invalid YAML: {error}") from error
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: a config file must hold a mapping of keys to values")
+        layers.append((str(path), loaded))
+    for text in overrides:
+        key, value = _parse_override(text)
+        layers.append((f"override {text!r}", _nest(key, value)))
+    for where, values in layers:
+        _check_keys(schema, values, where)
+        try:
+            merged = OmegaConf.merge(merged, OmegaConf.create(values))
+        except OmegaConfBaseException as error:
+            raise ConfigError(f"{where}: {error.msg if hasattr(error, 'msg') else error}") from error
+    return OmegaConf.to_object(merged)  # type: ignore[return-value]
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def save_config(config: Any, path: Path) -> None:
+    """Write the resolved config as YAML (the file that reproduces the run)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+    tmp.replace(path)

@@ -1,0 +1,7 @@
+"""Datasets, the partial-label protocol and dataset statistics."""
+
+from hst.data.base import DataError, MultiLabelData
+from hst.data.partial import SCHEMES, make_partial, partial_stats
+from hst.data.spec import load_dataset
+
+__all__ = ["SCHEMES", "DataError", "MultiLabelData", "load_dataset", "make_partial", "partial_stats"]

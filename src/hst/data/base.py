@@ -1,0 +1,113 @@
+"""The container every dataset reader returns."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from hst.labels import as_label_matrix
+
+
+class DataError(ValueError):
+    """Malformed or missing dataset input; the message names the file and line or field."""
+
+
+@dataclass
+class MultiLabelData:
+    """Images with an N×C int8 label matrix (+1 positive, -1 negative, 0 unknown).
+
+    ``image_paths`` are real files; readers that synthesise their images (the embedded synthetic
+    dataset) leave paths as ``None`` and provide ``render`` instead.
+    """
+
+    image_ids: list[str]
+    labels: np.ndarray
+    class_names: list[str]
+    image_paths: list[Path] | None = None
+    render: Callable[[int], Image.Image] | None = None
+    source: str = ""
+    info: dict[str, object] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.labels = as_label_matrix(self.labels)
+        n, c = self.labels.shape
+        if len(self.image_ids) != n:
+            raise DataError(f"{self.source}: {len(self.image_ids)} image ids but {n} label rows")
+        if len(self.class_names) != c:
+            raise DataError(f"{self.source}: {len(self.class_names)} class names but {c} label columns")
+        if self.image_paths is not None and len(self.image_paths) != n:
+            raise DataError(f"{self.source}: {len(self.image_paths)} image paths but {n} label rows")
+        if self.image_paths is None and self.render is None:
+            raise DataError(f"{self.source}: a dataset needs image paths or a renderer")
+        seen: dict[str, int] = {}
+        for row, image_id in enumerate(self.image_ids):
+            if image_id in seen:
+                raise DataError(
+                    f"{self.source}: duplicate image id {image_id!r} (rows {seen[image_id]} and {row})"
+                )
+            seen[image_id] = row
+        duplicates = {name for name in self.class_names if self.class_names.count(name) > 1}
+        if duplicates:
+            raise DataError(f"{self.source}: duplicate class names {sorted(duplicates)}")
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def load_image(self, index: int) -> Image.Image:
+        """Return image ``index`` as RGB (grayscale, CMYK, RGBA and palette images are converted)."""
+        if self.render is not None:
+            return self.render(index).convert("RGB")
+        assert self.image_paths is not None
+        path = self.image_paths[index]
+        if not path.is_file():
+            raise DataError(f"{self.source}: image file not found: {path} (image id {self.image_ids[index]!r})")
+        try:
+            with Image.open(path) as image:
+                image.load()
+                return image.convert("RGB")
+        except (OSError, SyntaxError, ValueError) as error:
+            raise DataError(f"{self.source}: cannot read image {path}: {error}") from error
+
+    def subset(self, indices: np.ndarray | list[int]) -> MultiLabelData:
+        """A view with the rows ``indices`` (in that order); renderers keep their original indices."""
+        idx = np.asarray(indices, dtype=np.int64)
+        render = None
+        if self.render is not None:
+            base_render = self.render
+            mapping = idx.copy()
+
+            def render(i: int) -> Image.Image:
+                return base_render(int(mapping[i]))
+
+        return MultiLabelData(
+            image_ids=[self.image_ids[i] for i in idx],
+            labels=self.labels[idx],
+            class_names=list(self.class_names),
+            image_paths=None if self.image_paths is None else [self.image_paths[i] for i in idx],
+            render=render,
+            source=self.source,
+            info=dict(self.info),
+        )
+
+    def with_labels(self, labels: np.ndarray) -> MultiLabelData:
+        """The same images with another label matrix of the same shape (e.g. partial labels)."""
+        labels = as_label_matrix(labels)
+        if labels.shape != self.labels.shape:
+            raise DataError(f"{self.source}: label shape {labels.shape} != dataset shape {self.labels.shape}")
+        return MultiLabelData(
+            image_ids=list(self.image_ids),
+            labels=labels,
+            class_names=list(self.class_names),
+            image_paths=self.image_paths,
+            render=self.render,
+            source=self.source,
+            info=dict(self.info),
+        )

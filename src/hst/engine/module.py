@@ -1,0 +1,150 @@
+"""The LightningModule: a network, a method, and evaluation with the project's metrics."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+
+from hst.engine.config import TrainConfig
+from hst.methods import StepContext, create
+from hst.metrics import evaluate
+from hst.models.network import PartialLabelNetwork, build_network
+
+
+class PartialLabelModule(L.LightningModule):
+    def __init__(
+        self,
+        config: TrainConfig,
+        class_names: list[str],
+        train_labels: np.ndarray,
+        num_train: int,
+        embeddings: np.ndarray | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.class_names = list(class_names)
+        self.network: PartialLabelNetwork = build_network(
+            config.model, self.class_names, train_labels, embeddings
+        )
+        self.method = create(
+            config.method.name, config.method, len(class_names), self.network.feature_dim, num_train
+        )
+        self._outputs: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {"val": [], "test": []}
+        self.last_metrics: dict[str, dict[str, Any]] = {}
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.network(images).logits
+
+    # ---- training -------------------------------------------------------------------------------
+    def _feature_source(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        loader = self.trainer.datamodule.features_dataloader()  # type: ignore[attr-defined]
+        was_training = self.network.training
+        self.network.eval()
+        try:
+            with torch.no_grad():
+                for indices, images, labels, _ in loader:
+                    output = self.network(images.to(self.device))
+                    yield indices.to(self.device), output.semantic, labels.to(self.device)
+        finally:
+            self.network.train(was_training)
+
+    def on_train_epoch_start(self) -> None:
+        logs = self.method.on_train_epoch_start(self.current_epoch, self._feature_source)
+        for key, value in logs.items():
+            self.log(f"method/{key}", float(value), on_epoch=True, on_step=False)
+
+    def training_step(self, batch: tuple[torch.Tensor, ...], batch_index: int) -> torch.Tensor:
+        indices, images, labels, full_labels = batch
+        output = self.network(images)
+        ctx = StepContext(
+            epoch=self.current_epoch,
+            batch_index=batch_index,
+            batches_per_epoch=max(int(self.trainer.num_training_batches), 1),
+            indices=indices,
+            full_labels=full_labels,
+        )
+        result = self.method.training_loss(output, labels, ctx)
+        if not torch.isfinite(result.loss):
+            raise FloatingPointError(
+                f"non-finite training loss at epoch {self.current_epoch}, step {self.global_step}: "
+                f"{float(result.loss)}; parts {result.logs}"
+            )
+        self.log("train/loss", result.loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(images))
+        for key, value in result.logs.items():
+            self.log(f"train/{key}", value, on_step=False, on_epoch=True, batch_size=len(images))
+        return result.loss
+
+    def on_train_epoch_end(self) -> None:
+        for key, value in self.method.on_train_epoch_end(self.current_epoch).items():
+            self.log(f"method/{key}", float(value), on_epoch=True, on_step=False)
+
+    # ---- evaluation -----------------------------------------------------------------------------
+    def _eval_step(self, stage: str, batch: tuple[torch.Tensor, ...]) -> None:
+        _, images, _, eval_labels = batch
+        logits = self.network(images).logits
+        self._outputs[stage].append((logits.detach().float().cpu(), eval_labels.cpu()))
+
+    def validation_step(self, batch: tuple[torch.Tensor, ...], batch_index: int) -> None:
+        self._eval_step("val", batch)
+
+    def test_step(self, batch: tuple[torch.Tensor, ...], batch_index: int) -> None:
+        self._eval_step("test", batch)
+
+    def _eval_epoch_end(self, stage: str) -> None:
+        outputs = self._outputs[stage]
+        self._outputs[stage] = []
+        if not outputs:
+            return
+        scores = torch.cat([o[0] for o in outputs]).numpy()
+        labels = torch.cat([o[1] for o in outputs]).numpy()
+        if self.trainer.sanity_checking:
+            return
+        with warnings.catch_warnings():
+            # Small validation splits may miss rare classes; they are left out of mAP on purpose.
+            warnings.simplefilter("ignore")
+            result = evaluate(scores, labels, self.class_names)
+        self.last_metrics[stage] = result.to_dict()
+        self.log(f"{stage}/mAP", result.mAP, prog_bar=True)
+        self.log(f"{stage}/OF1", result.OF1)
+        self.log(f"{stage}/CF1", result.CF1)
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    def predict_step(self, batch: tuple[torch.Tensor, ...], batch_index: int) -> torch.Tensor:
+        return torch.sigmoid(self.network(batch[1]).logits)
+
+    # ---- optimisation ---------------------------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, Any]:
+        optim = self.config.optim
+        thresholds = self.method.threshold_parameters()
+        threshold_ids = {id(p) for p in thresholds}
+        main = [p for p in self.parameters() if p.requires_grad and id(p) not in threshold_ids]
+        groups: list[dict[str, Any]] = [{"params": main, "lr": optim.lr, "weight_decay": optim.weight_decay}]
+        if thresholds:
+            if self.config.method.threshold_param_group:
+                groups.append({"params": thresholds, "lr": self.config.method.threshold_lr, "weight_decay": 0.0})
+            else:
+                groups[0]["params"] = main + thresholds
+        optimizer = torch.optim.Adam(groups)
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=optim.step_size, gamma=optim.gamma)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+    # ---- checkpoint extras ----------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        from hst.config import config_to_dict
+
+        checkpoint["hst_config"] = config_to_dict(self.config)
+        checkpoint["hst_class_names"] = self.class_names
+        checkpoint["hst_method_state"] = self.method.extra_state()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.method.load_extra_state(checkpoint.get("hst_method_state", {}))

@@ -1,0 +1,46 @@
+"""Methods behind one interface, created by name: ``hst.methods.create("hst", config, ...)``."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+from hst.engine.config import MethodConfig
+from hst.methods.base import AssumeNegative, LossOutput, Method, PartialBCE, StepContext
+from hst.methods.hst import HST
+
+MethodFactory = Callable[[MethodConfig, int, int, int], Method]
+
+
+def _variant(cls: type[Method], **changes: object) -> MethodFactory:
+    def factory(config: MethodConfig, num_classes: int, feature_dim: int, num_train: int) -> Method:
+        return cls(dataclasses.replace(config, **changes), num_classes, feature_dim, num_train)
+
+    return factory
+
+
+METHODS: dict[str, MethodFactory] = {
+    "partial_bce": PartialBCE,
+    "assume_negative": AssumeNegative,
+    "hst": HST,
+    "hst_no_ist": _variant(HST, use_ist=False),
+    "hst_no_cst": _variant(HST, use_cst=False),
+    # Without DTL the thresholds stay where they start; 1.0 would yield no pseudo labels at all, so the
+    # ablation fixes them at SST's final value.
+    "hst_no_dtl": _variant(HST, learn_thresholds=False, intra_threshold=0.75, inter_threshold=0.75),
+}
+
+
+def available() -> list[str]:
+    return sorted(METHODS)
+
+
+def create(name: str, config: MethodConfig, num_classes: int, feature_dim: int, num_train: int) -> Method:
+    """Build method ``name`` (see :func:`available`)."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; available: {', '.join(available())}")
+    method = METHODS[name](config, num_classes, feature_dim, num_train)
+    return method
+
+
+__all__ = ["METHODS", "LossOutput", "Method", "StepContext", "available", "create"]

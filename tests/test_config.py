@@ -1,0 +1,55 @@
+"""Config resolution: defaults, YAML files, dotted overrides and clear errors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from hst.config import ConfigError, resolve_config, save_config
+
+
+@dataclass
+class Inner:
+    proportion: float = 0.5
+    name: str = "entry"
+
+
+@dataclass
+class Outer:
+    data: Inner = field(default_factory=Inner)
+    epochs: int = 20
+    flag: bool = False
+
+
+def test_defaults_file_and_overrides_in_order(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("epochs: 3\ndata:\n  name: class\n")
+    config = resolve_config(Outer, path, ["data.proportion=0.3", "epochs=5", "flag=true"])
+    assert config == Outer(data=Inner(proportion=0.3, name="class"), epochs=5, flag=True)
+
+
+def test_unknown_key_names_closest_valid_key() -> None:
+    with pytest.raises(ConfigError, match=r"unknown config key 'data.proportoin'.*'data.proportion'"):
+        resolve_config(Outer, None, ["data.proportoin=0.3"])
+
+
+def test_unknown_key_in_file_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("epoch: 3\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml.*'epoch'.*'epochs'"):
+        resolve_config(Outer, path)
+
+
+def test_type_errors_are_config_errors() -> None:
+    with pytest.raises(ConfigError, match="epochs"):
+        resolve_config(Outer, None, ["epochs=many"])
+    with pytest.raises(ConfigError, match="key=value"):
+        resolve_config(Outer, None, ["epochs"])
+
+
+def test_saved_config_reproduces(tmp_path: Path) -> None:
+    config = resolve_config(Outer, None, ["data.name=class", "epochs=7"])
+    save_config(config, tmp_path / "run" / "config.yaml")
+    assert resolve_config(Outer, tmp_path / "run" / "config.yaml") == config
