@@ -152,8 +152,13 @@ def partial_bce(logits: Tensor, labels: Tensor) -> Tensor:
 
 
 def intra_asymmetric(
-    pair_logits: Tensor, labels: Tensor, gamma_neg: float = 2, gamma_pos: float = 1, clip: float = 0.05,
-    eps: float = 1e-8, ignore_unknown_pairs: bool = False,
+    pair_logits: Tensor,
+    labels: Tensor,
+    gamma_neg: float = 2,
+    gamma_pos: float = 1,
+    clip: float = 0.05,
+    eps: float = 1e-8,
+    ignore_unknown_pairs: bool = False,
 ) -> Tensor:
     """Element by element ASL over pairs; pair target 1 iff both labels are known positive."""
     batch, num_pairs = pair_logits.shape
@@ -210,9 +215,7 @@ def instance_contrastive(semantic: Tensor, labels: Tensor, generator: torch.Gene
     return terms.mean() if terms.numel() else semantic.sum() * 0
 
 
-def prototype_loss(
-    semantic: Tensor, labels: Tensor, centers: Tensor, valid: Tensor, published_sign: bool
-) -> Tensor:
+def prototype_loss(semantic: Tensor, labels: Tensor, centers: Tensor, valid: Tensor, published_sign: bool) -> Tensor:
     """Published: mean over all entries of d̄·y + 1. Fixed: 1 − d̄ / 1 + d̄ over known entries."""
     batch, num, _ = semantic.shape
     terms = []

@@ -25,6 +25,16 @@ def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
     return total / mask.sum().clamp_min(1).to(values.dtype)
 
 
+def clamp_closed(x: Tensor, low: float, high: float) -> Tensor:
+    """``clamp`` whose gradient passes on the closed interval [low, high], boundaries included.
+
+    The published code relied on this (PyTorch 1.7's clamp); current PyTorch gives zero gradient at the
+    boundaries, which freezes a threshold that starts at 1.0 where scores saturate at exactly 1.
+    """
+    inside = (x >= low) & (x <= high)
+    return torch.where(inside, x, x.detach().clamp(low, high))
+
+
 def threshold_pseudo_labels(labels: Tensor, scores: Tensor, threshold: Tensor | float) -> tuple[Tensor, Tensor]:
     """Pseudo labels from scores and a (learnable) threshold.
 
@@ -33,7 +43,7 @@ def threshold_pseudo_labels(labels: Tensor, scores: Tensor, threshold: Tensor | 
     dtype of ``labels``.
     """
     labels = _on(labels, scores)
-    q = torch.clamp(scores - threshold, 0.0, 1.0)
+    q = clamp_closed(scores - threshold, 0.0, 1.0)
     added = (labels == 0) & (q.detach() > 0)
     return labels + added.to(labels.dtype), q
 
@@ -92,9 +102,7 @@ def _keep_random_and_hardest(values: Tensor, count: int, generator: torch.Genera
     return torch.cat([values[perm], hardest])
 
 
-def instance_contrastive_loss(
-    semantic: Tensor, labels: Tensor, generator: torch.Generator | None = None
-) -> Tensor:
+def instance_contrastive_loss(semantic: Tensor, labels: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """Instance-level contrastive loss over image pairs ``a<b`` of the batch, for every class.
 
     With ``d = cos(f_ac, f_bc)``: known pos–pos pairs give ``1 − d``, pos–neg and neg–neg pairs ``1 + d``,
@@ -127,9 +135,7 @@ def instance_contrastive_loss(
     return terms.mean()
 
 
-def prototype_loss(
-    semantic: Tensor, labels: Tensor, prototypes: Prototypes, published_sign: bool = False
-) -> Tensor:
+def prototype_loss(semantic: Tensor, labels: Tensor, prototypes: Prototypes, published_sign: bool = False) -> Tensor:
     """Prototype-level loss on the mean cosine ``d̄`` of each feature to its class prototypes.
 
     Default: ``1 − d̄`` for known positives (pulled towards their prototypes), ``1 + d̄`` for known

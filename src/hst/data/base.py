@@ -16,6 +16,17 @@ class DataError(ValueError):
     """Malformed or missing dataset input; the message names the file and line or field."""
 
 
+@dataclass(frozen=True)
+class _SubsetRenderer:
+    """Renders row i of a subset as row mapping[i] of the parent (a class so DataLoader workers can pickle it)."""
+
+    base: Callable[[int], Image.Image]
+    mapping: np.ndarray
+
+    def __call__(self, index: int) -> Image.Image:
+        return self.base(int(self.mapping[index]))
+
+
 @dataclass
 class MultiLabelData:
     """Images with an N×C int8 label matrix (+1 positive, -1 negative, 0 unknown).
@@ -79,14 +90,7 @@ class MultiLabelData:
     def subset(self, indices: np.ndarray | list[int]) -> MultiLabelData:
         """A view with the rows ``indices`` (in that order); renderers keep their original indices."""
         idx = np.asarray(indices, dtype=np.int64)
-        render = None
-        if self.render is not None:
-            base_render = self.render
-            mapping = idx.copy()
-
-            def render(i: int) -> Image.Image:
-                return base_render(int(mapping[i]))
-
+        render = _SubsetRenderer(self.render, idx.copy()) if self.render is not None else None
         return MultiLabelData(
             image_ids=[self.image_ids[i] for i in idx],
             labels=self.labels[idx],

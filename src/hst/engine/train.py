@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 import warnings
@@ -37,6 +38,11 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*TreeSpec.*")
     warnings.filterwarnings("ignore", message=".*number of training batches.*")
+    # Frozen backbone stages are in eval mode on purpose (BatchNorm keeps ImageNet statistics).
+    warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+        lambda record: "litlogger" not in record.getMessage() and "limit_train_batches=1.0" not in record.getMessage()
+    )
     os.environ.setdefault("PL_DISABLE_FORK", "1")
 
 

@@ -108,7 +108,8 @@ def kmeans(x: Tensor, k: int, iters: int = 30, seed: int = 0) -> Tensor:
     """K-means (k-means++ seeding, Lloyd iterations) of ``x`` (``N×D``); returns ``min(N, k)×D`` centres.
 
     Deterministic for a given seed; runs on the device of ``x`` in float32. With ``N ≤ k`` the points
-    themselves are returned.
+    themselves are returned. Unlike scikit-learn's default there is one plain k-means++ seeding (no
+    local trials, no restarts) and an empty cluster keeps its previous centre.
     """
     if x.ndim != 2:
         raise ValueError(f"kmeans expects an N×D matrix, got shape {tuple(x.shape)}")

@@ -119,8 +119,8 @@ class ISTHead(nn.Module):
     Parameters keep the published shapes and map 1:1 (published name → here): ``intra_fc_1`` → ``fc1``
     (``D→hidden``), ``intra_fc_2`` → ``fc2`` (``2·hidden→output``), ``intra_fc_3`` → ``fc3``
     (``output→output``), ``intra_classifiers`` → ``pair_classifier`` (weight ``P×output``, bias ``P``).
-    ``chunk_elements`` bounds each temporary block (``pairs × B × output`` elements); the backward
-    pass holds about three such blocks at once.
+    ``chunk_elements`` bounds the one scratch block (``pairs × B × output`` elements) that the forward
+    and the recomputing backward pass each hold; nothing of that size is kept between them.
     """
 
     def __init__(
@@ -149,6 +149,8 @@ class ISTHead(nn.Module):
     def forward(self, semantic: Tensor) -> Tensor:
         """Map ``B×C×D`` semantic features to ``B×P`` pair logits."""
         num, batch = self.num_classes, semantic.shape[0]
+        if semantic.ndim != 3 or semantic.shape[1] != num:
+            raise ValueError(f"expected B×{num}×D semantic features, got shape {tuple(semantic.shape)}")
         g = self.fc1(semantic.transpose(0, 1))  # C×B×hidden
         w_a, w_b = self.fc2.weight[:, : self.hidden_dim], self.fc2.weight[:, self.hidden_dim :]
         alpha = F.linear(g, w_a, self.fc2.bias)  # C×B×K

@@ -22,14 +22,19 @@ class NetworkOutput(NamedTuple):
 
 
 class PartialLabelNetwork(nn.Module):
-    def __init__(self, backbone: Backbone, reducer: FeatureReducer, sarl: SARL) -> None:
+    def __init__(self, backbone: Backbone, reducer: FeatureReducer, sarl: SARL, channels_last: bool = False) -> None:
         super().__init__()
+        self.channels_last = channels_last
+        if channels_last:
+            backbone.to(memory_format=torch.channels_last)
         self.backbone = backbone
         self.reducer = reducer
         self.sarl = sarl
         self.feature_dim = reducer.out_channels
 
     def feature_map(self, images: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         return self.backbone(images)
 
     def head(self, feature_map: torch.Tensor) -> NetworkOutput:
@@ -61,4 +66,4 @@ def build_network(
         time_steps=config.gnn_steps,
         use_gnn=config.use_gnn,
     )
-    return PartialLabelNetwork(backbone, reducer, sarl)
+    return PartialLabelNetwork(backbone, reducer, sarl, config.channels_last)
