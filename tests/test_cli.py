@@ -93,10 +93,12 @@ def test_metrics_cli_json_and_text(tmp_path: Path, capsys: pytest.CaptureFixture
     labels[0, 0] = 0  # unknown entries are allowed in test labels
     scores = labels * 0.5 + rng.normal(size=labels.shape)
     ids = [f"img{i}.jpg" for i in range(40)]
-    label_file = _write(tmp_path / "labels.csv", ["image", *names], [[i, *r] for i, r in zip(ids, labels)])
+    label_file = _write(tmp_path / "labels.csv", ["image", *names], [[i, *r] for i, r in zip(ids, labels, strict=True)])
     # Score columns in another order: they are matched by name.
     score_file = _write(
-        tmp_path / "scores.csv", ["image", "c", "a", "b"], [[i, r[2], r[0], r[1]] for i, r in zip(ids, scores)]
+        tmp_path / "scores.csv",
+        ["image", "c", "a", "b"],
+        [[i, r[2], r[0], r[1]] for i, r in zip(ids, scores, strict=True)],
     )
     assert main(["metrics", "--scores", str(score_file), "--labels", str(label_file), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)

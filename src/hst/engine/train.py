@@ -18,8 +18,9 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from hst.config import config_to_dict, save_config
+from hst.engine.cache import FeatureCache, extract_features
 from hst.engine.config import TrainConfig
-from hst.engine.data import PartialLabelDataModule, describe_splits, prepare_splits
+from hst.engine.data import PartialLabelDataModule, Splits, describe_splits, prepare_splits
 from hst.engine.module import PartialLabelModule
 
 
@@ -48,7 +49,13 @@ def _quiet_lightning() -> None:
 
 def _run_dir(config: TrainConfig) -> Path:
     name = config.trainer.run_name or f"{config.method.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    return Path(config.trainer.output_dir) / name
+    base = Path(config.trainer.output_dir) / name
+    # Never write into an earlier run's folder: its checkpoints and logs stay as they were.
+    candidate, number = base, 1
+    while candidate.exists() and any(candidate.iterdir()):
+        number += 1
+        candidate = base.with_name(f"{name}-{number}")
+    return candidate
 
 
 def _trainer(config: TrainConfig, run_dir: Path, callbacks: list[L.Callback], log: bool = True) -> L.Trainer:
@@ -82,6 +89,33 @@ def _trainer(config: TrainConfig, run_dir: Path, callbacks: list[L.Callback], lo
     )
 
 
+def _feature_caches(
+    config: TrainConfig, splits: Splits, module: PartialLabelModule
+) -> tuple[FeatureCache, FeatureCache] | None:
+    """Extract (or reuse) backbone features when the backbone is frozen; None when images are needed."""
+    mode = config.data.feature_cache
+    if mode not in {"auto", "off"}:
+        raise ValueError(f"data.feature_cache must be 'auto' or 'off', got {mode!r}")
+    if mode == "off" or config.model.trainable != "none":
+        return None
+    assert splits.source is not None and splits.test_source is not None
+    backbone = module.network.backbone
+    kwargs = {
+        "image_size": config.data.image_size,
+        "cache_dir": Path(config.data.cache_dir),
+        "batch_size": config.data.eval_batch_size,
+        "num_workers": config.data.num_workers,
+        "progress": config.trainer.progress_bar,
+        "channels_last": config.model.channels_last,
+    }
+    source_cache = extract_features(backbone, splits.source, **kwargs)
+    test_cache = source_cache
+    if splits.test_source is not splits.source:
+        test_cache = extract_features(backbone, splits.test_source, **kwargs)
+    module.features_cached = True
+    return source_cache, test_cache
+
+
 def train(config: TrainConfig) -> RunResult:
     """Fit on the training split, select the best epoch on validation, then test that checkpoint."""
     _quiet_lightning()
@@ -97,7 +131,12 @@ def train(config: TrainConfig) -> RunResult:
     summary = describe_splits(splits)
     module = PartialLabelModule(config, splits.train.class_names, splits.train.labels, len(splits.train))
     backbone = module.network.backbone
-    datamodule = PartialLabelDataModule(splits, config.data, backbone.mean, backbone.std, seed=config.trainer.seed)
+    caches = _feature_caches(config, splits, module)
+    if caches is not None:
+        summary.append(f"frozen backbone: training from cached features in {config.data.cache_dir}")
+    datamodule = PartialLabelDataModule(
+        splits, config.data, backbone.mean, backbone.std, seed=config.trainer.seed, caches=caches
+    )
     if config.trainer.select_on == "test":
         # Published-protocol parity only: the reported test score then selects its own epoch.
         datamodule.val_dataloader = datamodule.test_dataloader  # type: ignore[method-assign]

@@ -8,6 +8,8 @@ from collections.abc import Callable
 from hst.engine.config import MethodConfig
 from hst.methods.base import AssumeNegative, LossOutput, Method, PartialBCE, StepContext
 from hst.methods.hst import HST
+from hst.methods.llr import LargeLossRejection
+from hst.methods.sst import SST
 
 MethodFactory = Callable[[MethodConfig, int, int, int], Method]
 
@@ -28,6 +30,8 @@ METHODS: dict[str, MethodFactory] = {
     # Without DTL the thresholds stay where they start; 1.0 would yield no pseudo labels at all, so the
     # ablation fixes them at SST's final value.
     "hst_no_dtl": _variant(HST, learn_thresholds=False, intra_threshold=0.75, inter_threshold=0.75),
+    "sst": SST,
+    "large_loss_rejection": LargeLossRejection,
 }
 
 

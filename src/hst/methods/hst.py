@@ -54,6 +54,12 @@ class HST(Method):
         self.prototypes: Prototypes | None = None
         self._epoch_counts: dict[str, float] = {}
 
+    def _threshold_logs(self) -> dict[str, float]:
+        return {
+            "intra_threshold": float(self.intra_threshold.detach()),
+            "inter_threshold": float(self.inter_threshold.detach()),
+        }
+
     def threshold_parameters(self) -> list[nn.Parameter]:
         if not self.config.learn_thresholds:
             return []
@@ -75,7 +81,7 @@ class HST(Method):
 
     def on_train_epoch_start(self, epoch: int, features: FeatureSource) -> dict[str, float]:
         self._epoch_counts = {}
-        logs = {"intra_threshold": float(self.intra_threshold.detach()), "inter_threshold": float(self.inter_threshold.detach())}
+        logs = self._threshold_logs()
         if not self._prototype_epoch(epoch):
             return logs
         collected_features: list[torch.Tensor] = []
@@ -147,7 +153,7 @@ class HST(Method):
         return LossOutput(loss, logs)
 
     def on_train_epoch_end(self, epoch: int) -> dict[str, float]:
-        logs = {"intra_threshold": float(self.intra_threshold.detach()), "inter_threshold": float(self.inter_threshold.detach())}
+        logs = self._threshold_logs()
         for key, value in self._epoch_counts.items():
             logs[f"epoch_{key}"] = value
         return logs

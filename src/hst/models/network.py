@@ -21,8 +21,25 @@ class NetworkOutput(NamedTuple):
     """B×C×D pre-GNN category features (what IST and CST work on)."""
 
 
+class LinearHead(nn.Module):
+    """Global average pool + one linear layer: the frozen-feature baseline (no semantic features)."""
+
+    def __init__(self, in_channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.classifier = nn.Linear(in_channels, num_classes)
+
+    def forward(self, feature_map: torch.Tensor) -> torch.Tensor:
+        return self.classifier(feature_map.float().mean(dim=(2, 3)))
+
+
 class PartialLabelNetwork(nn.Module):
-    def __init__(self, backbone: Backbone, reducer: FeatureReducer, sarl: SARL, channels_last: bool = False) -> None:
+    def __init__(
+        self,
+        backbone: Backbone,
+        reducer: FeatureReducer | None,
+        sarl: SARL | LinearHead,
+        channels_last: bool = False,
+    ) -> None:
         super().__init__()
         self.channels_last = channels_last
         if channels_last:
@@ -30,7 +47,7 @@ class PartialLabelNetwork(nn.Module):
         self.backbone = backbone
         self.reducer = reducer
         self.sarl = sarl
-        self.feature_dim = reducer.out_channels
+        self.feature_dim = reducer.out_channels if reducer is not None else backbone.num_features
 
     def feature_map(self, images: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
@@ -39,6 +56,10 @@ class PartialLabelNetwork(nn.Module):
 
     def head(self, feature_map: torch.Tensor) -> NetworkOutput:
         """Everything after the backbone (used directly when backbone features are cached)."""
+        if isinstance(self.sarl, LinearHead):
+            logits = self.sarl(feature_map)
+            return NetworkOutput(logits, logits.new_zeros(logits.shape[0], logits.shape[1], 0))
+        assert self.reducer is not None
         out = self.sarl(self.reducer(feature_map))
         return NetworkOutput(out.logits, out.semantic)
 
@@ -54,6 +75,11 @@ def build_network(
 ) -> PartialLabelNetwork:
     """Build the network; the GNN graph comes from the known positives of the training labels only."""
     backbone = create_backbone(config.backbone, config.weights, config.trainable)
+    if config.head == "linear":
+        head = LinearHead(backbone.num_features, len(class_names))
+        return PartialLabelNetwork(backbone, None, head, config.channels_last)
+    if config.head != "sarl":
+        raise ValueError(f"model.head must be 'sarl' or 'linear', got {config.head!r}")
     reducer = FeatureReducer(backbone.num_features, config.feature_dim, config.avg_pool_2x2)
     if embeddings is None:
         embeddings = load_label_embeddings(class_names, config.embeddings)

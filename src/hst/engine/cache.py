@@ -1,0 +1,377 @@
+"""Frozen-backbone feature cache: run the backbone once, train the head on the stored feature maps.
+
+The backbone's output (before the reducer, N×F×h×w) is stored as float16 in ``<cache_dir>/<key>.npy``
+with a JSON sidecar ``<key>.json``. The key hashes everything the features depend on: the data (spec,
+image ids, image file sizes and mtimes), the backbone (name, weights, a fingerprint of its tensors) and
+the eval transform, so any change gives a new file instead of stale features.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from hst.data.base import MultiLabelData
+from hst.models.backbone import Backbone
+
+CACHE_FORMAT = 1
+KEY_LENGTH = 16
+FP16_MAX = float(np.finfo(np.float16).max)
+
+
+class FeatureCacheError(RuntimeError):
+    """Features that cannot be cached (e.g. outside the float16 range) or a cache that does not fit."""
+
+
+def transform_description(image_size: int, mean: Sequence[float], std: Sequence[float]) -> str:
+    """The eval transform of ``hst.engine.data.build_transform(image_size, 'none', mean, std)`` as text."""
+    mean_text = ",".join(f"{float(v):g}" for v in mean)
+    std_text = ",".join(f"{float(v):g}" for v in std)
+    return f"resize{int(image_size)}-bicubic-antialias-mean{mean_text}-std{std_text}"
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def image_ids_digest(image_ids: Sequence[str]) -> str:
+    """sha256 of the image ids joined by newlines (ids never contain one in a well-formed source)."""
+    return _sha256("\n".join(image_ids))
+
+
+def image_files_digest(data: MultiLabelData) -> str | None:
+    """sha256 over each image file's path, size and mtime (``None`` for rendered datasets)."""
+    if data.image_paths is None:
+        return None
+    digest = hashlib.sha256()
+    for path in data.image_paths:
+        try:
+            stat = path.stat()
+            entry = f"{path}\t{stat.st_size}\t{stat.st_mtime_ns}\n"
+        except OSError:
+            entry = f"{path}\tmissing\n"
+        digest.update(entry.encode("utf-8"))
+    return digest.hexdigest()
+
+
+def weights_fingerprint(backbone: Backbone) -> str:
+    """sha256 over the names, shapes, dtypes and bytes of all backbone tensors.
+
+    The weights description alone cannot tell two random initialisations apart.
+    """
+    digest = hashlib.sha256()
+    for name, tensor in backbone.state_dict().items():
+        flat = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}\t{tuple(tensor.shape)}\t{tensor.dtype}\n".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _weights_file_stamp(description: str) -> str | None:
+    # create_backbone describes a state-dict file as "file <path>"
+    if not description.startswith("file "):
+        return None
+    path = Path(description[len("file ") :])
+    try:
+        stat = path.stat()
+    except OSError:
+        return "missing"
+    return f"{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def feature_cache_fields(data: MultiLabelData, backbone: Backbone, image_size: int) -> dict[str, Any]:
+    """Everything the cached features depend on; :func:`feature_cache_key` hashes exactly this."""
+    return {
+        "format": CACHE_FORMAT,
+        "source": data.source,
+        "num_images": len(data),
+        "image_ids_sha256": image_ids_digest(data.image_ids),
+        "image_files_sha256": image_files_digest(data),
+        "backbone": backbone.name,
+        "weights": backbone.weights_description,
+        "weights_file_stamp": _weights_file_stamp(backbone.weights_description),
+        "weights_sha256": weights_fingerprint(backbone),
+        "image_size": int(image_size),
+        "transform": transform_description(image_size, backbone.mean, backbone.std),
+    }
+
+
+def _key_of(fields: dict[str, Any]) -> str:
+    return _sha256(json.dumps(fields, sort_keys=True))[:KEY_LENGTH]
+
+
+def feature_cache_key(data: MultiLabelData, backbone: Backbone, image_size: int) -> str:
+    """Short hex key of the features of ``backbone`` on ``data`` at ``image_size`` (see module docstring)."""
+    return _key_of(feature_cache_fields(data, backbone, image_size))
+
+
+def _paths(cache_dir: Path, key: str) -> tuple[Path, Path]:
+    return cache_dir / f"{key}.npy", cache_dir / f"{key}.json"
+
+
+class FeatureCache:
+    """A complete cache file: ``features`` is a read-only N×F×h×w float16 memory map."""
+
+    def __init__(self, path: Path, meta: dict[str, Any]) -> None:
+        self.path = Path(path)
+        self.meta = meta
+        self._features: np.ndarray | None = None
+        self._row_of: dict[str, int] | None = None
+
+    @property
+    def key(self) -> str:
+        return str(self.meta["key"])
+
+    @property
+    def features(self) -> np.ndarray:
+        # opened lazily so that pickling (DataLoader workers) never copies the whole array
+        if self._features is None:
+            self._features = np.load(self.path, mmap_mode="r")
+        return self._features
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        n, f, h, w = (int(v) for v in self.meta["shape"])
+        return n, f, h, w
+
+    @property
+    def image_ids(self) -> list[str]:
+        return list(self.meta["image_ids"])
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_features"] = None
+        return state
+
+    def tensor(self, indices: int | Sequence[int] | np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Rows ``indices`` as float32 (a single int gives F×h×w, a sequence B×F×h×w)."""
+        if isinstance(indices, torch.Tensor):
+            indices = indices.cpu().numpy()
+        if isinstance(indices, (int, np.integer)):
+            return torch.from_numpy(np.array(self.features[int(indices)], dtype=np.float32))
+        rows = np.asarray(indices, dtype=np.int64).reshape(-1)
+        return torch.from_numpy(np.array(self.features[rows], dtype=np.float32))
+
+    def rows_for(self, image_ids: Sequence[str]) -> np.ndarray:
+        """Cache rows of ``image_ids`` (e.g. the images of a split carved from the cached source)."""
+        if self._row_of is None:
+            self._row_of = {image_id: row for row, image_id in enumerate(self.meta["image_ids"])}
+        missing = [image_id for image_id in image_ids if image_id not in self._row_of]
+        if missing:
+            raise FeatureCacheError(
+                f"{self.path}: {len(missing)} image ids are not in the cache (e.g. {missing[:3]}); "
+                f"it holds {self.meta.get('source')!r}"
+            )
+        return np.asarray([self._row_of[image_id] for image_id in image_ids], dtype=np.int64)
+
+    @classmethod
+    def open(cls, cache_dir: Path, key: str) -> FeatureCache | None:
+        """The complete cache ``key`` in ``cache_dir``, or ``None`` if missing, torn or inconsistent."""
+        npy_path, meta_path = _paths(Path(cache_dir), key)
+        if not npy_path.is_file() or not meta_path.is_file():
+            return None
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            features = np.load(npy_path, mmap_mode="r")
+        except (OSError, ValueError):
+            return None
+        if not isinstance(meta, dict) or meta.get("key") != key or meta.get("format") != CACHE_FORMAT:
+            return None
+        if meta.get("complete") is not True or features.dtype != np.float16:
+            return None
+        if list(features.shape) != meta.get("shape") or len(meta.get("image_ids", ())) != features.shape[0]:
+            return None
+        cache = cls(npy_path, meta)
+        cache._features = features
+        return cache
+
+
+class _EvalImages(Dataset):
+    """Images of ``data`` through the eval transform (picklable for DataLoader workers)."""
+
+    def __init__(self, data: MultiLabelData, transform: Any) -> None:
+        self.data = data
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.transform(self.data.load_image(index))
+
+
+@contextmanager
+def _progress_bar(total: int, enabled: bool, description: str) -> Iterator[Any]:
+    """Yields ``advance(n)``; a rich bar on a terminal, a line every ~10% otherwise, nothing if disabled."""
+    if not enabled:
+        yield lambda n: None
+        return
+    if sys.stderr.isatty():
+        from rich.progress import Progress
+
+        with Progress(transient=False) as progress:
+            task = progress.add_task(description, total=total)
+            yield lambda n: progress.advance(task, n)
+        return
+    done = 0
+    next_report = 0
+    start = time.perf_counter()
+
+    def advance(n: int) -> None:
+        nonlocal done, next_report
+        done += n
+        if done >= next_report or done == total:
+            elapsed = time.perf_counter() - start
+            print(f"{description}: {done}/{total} images, {elapsed:.1f} s", file=sys.stderr, flush=True)
+            next_report = done + max(1, total // 10)
+
+    yield advance
+
+
+def extract_features(
+    backbone: Backbone,
+    data: MultiLabelData,
+    image_size: int,
+    cache_dir: Path,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    progress: bool = True,
+    channels_last: bool = False,
+) -> FeatureCache:
+    """Return the cache of ``backbone`` features on ``data``, computing and writing it if needed.
+
+    Images go through the eval transform (no augmentation); the backbone runs in eval mode under
+    ``torch.inference_mode()`` on the device of its parameters. The array is written under a temporary
+    name and renamed when complete; the sidecar JSON comes last, so an interrupted run leaves nothing
+    that :meth:`FeatureCache.open` accepts.
+    """
+    # imported here: the data module imports this module to serve cached features
+    from hst.engine.data import build_transform
+
+    cache_dir = Path(cache_dir)
+    fields = feature_cache_fields(data, backbone, image_size)
+    key = _key_of(fields)
+    existing = FeatureCache.open(cache_dir, key)
+    if existing is not None:
+        return existing
+    if len(data) == 0:
+        raise FeatureCacheError(f"{data.source}: no images to extract features from")
+
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    npy_path, meta_path = _paths(cache_dir, key)
+    tmp_npy = cache_dir / f".{key}.npy.{os.getpid()}.tmp"
+    tmp_meta = cache_dir / f".{key}.json.{os.getpid()}.tmp"
+    transform = build_transform(image_size, "none", backbone.mean, backbone.std)
+    loader = DataLoader(
+        _EvalImages(data, transform),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+    )
+    device = next(backbone.parameters()).device
+    was_training = backbone.training
+    start = time.perf_counter()
+    out: np.memmap | None = None
+    try:
+        backbone.eval()
+        row = 0
+        with torch.inference_mode(), _progress_bar(len(data), progress, f"features {key}") as advance:
+            for images in loader:
+                images = images.to(device, non_blocking=True)
+                if channels_last:
+                    images = images.contiguous(memory_format=torch.channels_last)
+                batch = backbone(images).float()
+                if batch.ndim != 4:
+                    raise FeatureCacheError(f"{backbone.name}: expected N×F×h×w features, got {tuple(batch.shape)}")
+                if not bool(torch.isfinite(batch).all()) or float(batch.abs().max()) > FP16_MAX:
+                    raise FeatureCacheError(
+                        f"{backbone.name}: features of {data.source} rows {row}..{row + len(batch) - 1} are not "
+                        f"finite in float16 (|x| > {FP16_MAX:g} or NaN); they cannot be cached"
+                    )
+                if out is None:
+                    shape = (len(data), *batch.shape[1:])
+                    out = np.lib.format.open_memmap(tmp_npy, mode="w+", dtype=np.float16, shape=shape)
+                out[row : row + len(batch)] = batch.half().cpu().numpy()
+                row += len(batch)
+                advance(len(batch))
+        if out is None or row != len(data):
+            raise FeatureCacheError(f"{data.source}: extracted {row} of {len(data)} images")
+        shape = tuple(int(v) for v in out.shape)
+        out.flush()
+        del out
+        out = None
+        os.replace(tmp_npy, npy_path)
+        meta = {
+            **fields,
+            "key": key,
+            "complete": True,
+            "shape": list(shape),
+            "dtype": "float16",
+            "seconds": round(time.perf_counter() - start, 3),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "image_ids": list(data.image_ids),
+        }
+        tmp_meta.write_text(json.dumps(meta, indent=1), encoding="utf-8")
+        os.replace(tmp_meta, meta_path)
+    finally:
+        backbone.train(was_training)
+        del out
+        for leftover in (tmp_npy, tmp_meta):
+            leftover.unlink(missing_ok=True)
+    opened = FeatureCache.open(cache_dir, key)
+    if opened is None:
+        raise FeatureCacheError(f"{npy_path}: the cache just written cannot be opened")
+    return opened
+
+
+class CachedFeatureDataset(Dataset):
+    """Yields (index, features float32 F×h×w, training labels, evaluation labels) from a feature cache.
+
+    Item ``i`` reads cache row ``rows[i]`` (default: row ``i``) and label row ``i``, so a split of the
+    cached source passes its own label matrices and its rows in the cache (see :meth:`FeatureCache.rows_for`).
+    """
+
+    def __init__(
+        self,
+        cache: FeatureCache,
+        labels: np.ndarray,
+        eval_labels: np.ndarray,
+        rows: Sequence[int] | np.ndarray | None = None,
+    ) -> None:
+        self.cache = cache
+        self.rows = np.arange(len(cache), dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
+        if self.rows.ndim != 1:
+            raise ValueError(f"rows must be one-dimensional, got shape {self.rows.shape}")
+        if len(self.rows) and (self.rows.min() < 0 or self.rows.max() >= len(cache)):
+            raise ValueError(f"rows must lie in [0, {len(cache)}) for {cache.path}")
+        self.labels = torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int8))
+        self.eval_labels = torch.from_numpy(np.ascontiguousarray(eval_labels, dtype=np.int8))
+        for name, matrix in (("labels", self.labels), ("eval_labels", self.eval_labels)):
+            if matrix.ndim != 2 or matrix.shape[0] != len(self.rows):
+                raise ValueError(f"{name} must have {len(self.rows)} rows (one per item), got {tuple(matrix.shape)}")
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]:
+        features = self.cache.tensor(int(self.rows[index]))
+        return index, features, self.labels[index], self.eval_labels[index]
+
+    def __getitems__(self, indices: list[int]) -> list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]:
+        # one memory-map read per batch instead of one per item
+        batch = self.cache.tensor(self.rows[np.asarray(indices, dtype=np.int64)])
+        return [(index, batch[i], self.labels[index], self.eval_labels[index]) for i, index in enumerate(indices)]
