@@ -58,6 +58,6 @@ def test_benchmark_rejects_bad_override_before_running(tmp_path: Path) -> None:
     options = BenchmarkOptions(methods=["hst"], proportions=[0.1], seeds=[0], out=str(tmp_path),
                                overrides=["data.proportoin=0.3"])
     calls: list[TrainConfig] = []
-    with pytest.raises(ConfigError, match="data.proportion"):
+    with pytest.raises(ConfigError, match=r"data\.proportion"):
         run_benchmark(options, fake_train(calls), log=lambda _: None)
     assert calls == []

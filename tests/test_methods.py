@@ -72,6 +72,7 @@ def test_registry_holds_every_method() -> None:
         "assume_negative",
         "sst",
         "large_loss_rejection",
+        "linear_assume_negative",
     }
     assert set(available()) == expected == set(METHODS)
     with pytest.raises(ValueError, match="unknown method"):
@@ -317,3 +318,14 @@ def test_partial_bce_ignores_unknown_entries() -> None:
     changed[~known] = 50.0
     again = method.training_loss(NetworkOutput(changed, output.semantic), labels, _ctx(0)).loss
     assert torch.allclose(again, loss)
+
+
+def test_linear_baseline_preset_switches_the_head() -> None:
+    from hst.config import resolve_config
+    from hst.engine.config import TrainConfig
+    from hst.methods import apply_model_preset
+
+    config = resolve_config(TrainConfig, None, ["method.name=linear_assume_negative"])
+    assert apply_model_preset(config).model.head == "linear"
+    plain = resolve_config(TrainConfig, None, ["method.name=hst"])
+    assert apply_model_preset(plain) == plain

@@ -75,7 +75,10 @@ class MethodConfig:
     inter_threshold: float = 1.0
     threshold_param_group: bool = True
     """Thresholds get their own optimizer group (threshold_lr, no weight decay); False = published."""
-    threshold_lr: float = 1e-3
+    threshold_lr: float = 1e-2
+    threshold_weight_decay: float = 0.0
+    """Weight decay of the threshold group. Under Adam even a tiny decay drifts a threshold by ≈ lr per step,
+    which is what moved the published CST threshold before any score reached it."""
     intra_dtl_weight: float = 0.1
     intra_cooccurrence_weight: float = 10.0
     inter_dtl_weight: float = 0.1

@@ -141,7 +141,8 @@ class PartialLabelModule(L.LightningModule):
         groups: list[dict[str, Any]] = [{"params": main, "lr": optim.lr, "weight_decay": optim.weight_decay}]
         if thresholds:
             if self.config.method.threshold_param_group:
-                groups.append({"params": thresholds, "lr": self.config.method.threshold_lr, "weight_decay": 0.0})
+                m = self.config.method
+                groups.append({"params": thresholds, "lr": m.threshold_lr, "weight_decay": m.threshold_weight_decay})
             else:
                 groups[0]["params"] = main + thresholds
         optimizer = torch.optim.Adam(groups)

@@ -22,6 +22,7 @@ from hst.engine.cache import FeatureCache, extract_features
 from hst.engine.config import TrainConfig
 from hst.engine.data import PartialLabelDataModule, Splits, describe_splits, prepare_splits
 from hst.engine.module import PartialLabelModule
+from hst.methods import apply_model_preset
 
 
 @dataclass
@@ -119,6 +120,7 @@ def _feature_caches(
 def train(config: TrainConfig) -> RunResult:
     """Fit on the training split, select the best epoch on validation, then test that checkpoint."""
     _quiet_lightning()
+    config = apply_model_preset(config)
     if config.trainer.select_on not in {"val", "test"}:
         raise ValueError(f"trainer.select_on must be 'val' or 'test', got {config.trainer.select_on!r}")
     L.seed_everything(config.trainer.seed, workers=True, verbose=False)

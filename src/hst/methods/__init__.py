@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
-from hst.engine.config import MethodConfig
+from hst.engine.config import MethodConfig, TrainConfig
 from hst.methods.base import AssumeNegative, LossOutput, Method, PartialBCE, StepContext
 from hst.methods.hst import HST
 from hst.methods.llr import LargeLossRejection
@@ -32,7 +32,22 @@ METHODS: dict[str, MethodFactory] = {
     "hst_no_dtl": _variant(HST, learn_thresholds=False, intra_threshold=0.75, inter_threshold=0.75),
     "sst": SST,
     "large_loss_rejection": LargeLossRejection,
+    "linear_assume_negative": AssumeNegative,
 }
+
+MODEL_PRESETS: dict[str, dict[str, object]] = {
+    # The frozen-feature reference: global pool + linear classifier, unknowns as negatives.
+    "linear_assume_negative": {"head": "linear"},
+}
+"""Model settings a method name implies; applied by the engine before the network is built."""
+
+
+def apply_model_preset(config: TrainConfig) -> TrainConfig:
+    """Return ``config`` with the model settings its method name implies (unchanged if none)."""
+    preset = MODEL_PRESETS.get(config.method.name)
+    if not preset:
+        return config
+    return dataclasses.replace(config, model=dataclasses.replace(config.model, **preset))
 
 
 def available() -> list[str]:
@@ -47,4 +62,13 @@ def create(name: str, config: MethodConfig, num_classes: int, feature_dim: int, 
     return method
 
 
-__all__ = ["METHODS", "LossOutput", "Method", "StepContext", "available", "create"]
+__all__ = [
+    "METHODS",
+    "MODEL_PRESETS",
+    "LossOutput",
+    "Method",
+    "StepContext",
+    "apply_model_preset",
+    "available",
+    "create",
+]
