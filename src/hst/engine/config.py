@@ -126,6 +126,8 @@ class TrainerConfig:
     output_dir: str = "runs"
     run_name: str = ""
     """Run folder name under output_dir; empty = <method>-<time stamp>."""
+    save_last: bool = True
+    """Also keep the last epoch's checkpoint (needed to resume); the best one is always kept."""
     progress_bar: bool = True
     log_every_n_steps: int = 10
     limit_train_batches: float = 1.0

@@ -148,7 +148,7 @@ def train(config: TrainConfig) -> RunResult:
         filename="best",
         monitor="val/mAP",
         mode="max",
-        save_last=True,
+        save_last=config.trainer.save_last,
         save_top_k=1,
         auto_insert_metric_name=False,
     )

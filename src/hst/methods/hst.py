@@ -47,7 +47,7 @@ class HST(Method):
 
     def __init__(self, config: MethodConfig, num_classes: int, feature_dim: int, num_train: int) -> None:
         super().__init__(config, num_classes, feature_dim, num_train)
-        self.ist_head = ISTHead(num_classes, feature_dim) if config.use_ist else None
+        self.ist_head = ISTHead(num_classes, feature_dim, feature_dim // 2, feature_dim) if config.use_ist else None
         learn = config.learn_thresholds
         self.intra_threshold = nn.Parameter(torch.tensor(float(config.intra_threshold)), requires_grad=learn)
         self.inter_threshold = nn.Parameter(torch.tensor(float(config.inter_threshold)), requires_grad=learn)

@@ -124,7 +124,7 @@ class SST(Method):
 
     def __init__(self, config: MethodConfig, num_classes: int, feature_dim: int, num_train: int) -> None:
         super().__init__(config, num_classes, feature_dim, num_train)
-        self.ist_head = ISTHead(num_classes, feature_dim) if config.use_ist else None
+        self.ist_head = ISTHead(num_classes, feature_dim, feature_dim // 2, feature_dim) if config.use_ist else None
         self.bank = FeatureBank(num_classes, config.sst_bank_size, feature_dim) if config.use_cst else None
         self._epoch_counts: dict[str, float] = {}
 
