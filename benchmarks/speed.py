@@ -243,6 +243,46 @@ def relative_difference(actual: np.ndarray, expected: np.ndarray) -> float:
     return float(np.abs(a - e).max() / max(np.abs(e).max(), 1e-30))
 
 
+def float64_check(
+    num_classes: int, dims: IstDims, device: torch.device, rows: int = 2, full_batch: int = 32, seed: int = 0
+) -> tuple[float, float]:
+    """Input-gradient error of ours and of the published formulation, both float32, against the published
+    formulation in float64, on the first ``rows`` rows of the benchmark inputs.
+
+    A ReLU whose input lies within rounding of 0 flips between the float32 and float64 runs, so float32
+    gradients carry errors far above the output's; this shows how large they are for either formulation.
+    """
+    head, semantic, projection = ist_inputs(num_classes, rows, full_batch, dims, device, seed)
+    grads: dict[str, np.ndarray] = {}
+    runs = [("ours", "ours", torch.float32), ("published", "published", torch.float32)]
+    for name, impl, dtype in [*runs, ("exact", "published", torch.float64)]:
+        head.to(dtype)
+        inputs = semantic.detach().to(dtype).requires_grad_(True)
+        (ist_forward(impl)(head, inputs) * projection.to(dtype)).sum().backward()
+        assert inputs.grad is not None
+        grads[name] = inputs.grad.double().cpu().numpy()
+    head.float()
+    return relative_difference(grads["ours"], grads["exact"]), relative_difference(grads["published"], grads["exact"])
+
+
+def measure_fold(num_pairs: int, dim: int, repeats: int, device: torch.device) -> float:
+    """Median ms of the fold ``W_pairs @ W3`` (``P×K`` by ``K×K``) forward + backward that ISTHead runs once
+    per step whatever the batch size."""
+    pair_weight = torch.randn(num_pairs, dim, device=device, requires_grad=True)
+    fc3_weight = torch.randn(dim, dim, device=device, requires_grad=True)
+    grad = torch.randn(num_pairs, dim, device=device)
+    seconds = []
+    for step in range(1 + repeats):
+        pair_weight.grad = fc3_weight.grad = None
+        _sync(device)
+        start = time.perf_counter()
+        (pair_weight @ fc3_weight).backward(grad)
+        _sync(device)
+        if step > 0:
+            seconds.append(time.perf_counter() - start)
+    return _median_ms(seconds)
+
+
 @dataclass
 class IstRow:
     num_classes: int
@@ -254,6 +294,9 @@ class IstRow:
     output_diff: float
     grad_diff: float
     note: str = ""
+    grad_error_ours: float = math.nan
+    """Input-gradient error against float64 (see :func:`float64_check`)."""
+    grad_error_published: float = math.nan
 
     @property
     def speedup(self) -> float:
@@ -304,6 +347,9 @@ def ist_benchmark(
         pairs = num * (num - 1) // 2
         ours = measure("ours", num, batch)
         too_big = max_published_elements is not None and batch * pairs * dims.output_dim > max_published_elements
+        check_rows = min(2, batch)
+        log(f"  float64 check C={num:<4d} on {check_rows} rows ...")
+        errors = float64_check(num, dims, device, rows=check_rows, full_batch=batch)
         if not too_big:
             pub = measure("published", num, batch)
             rows.append(
@@ -316,6 +362,8 @@ def ist_benchmark(
                     ours.peak_bytes,
                     relative_difference(ours.output, pub.output),
                     relative_difference(ours.grad_semantic, pub.grad_semantic),
+                    "",
+                    *errors,
                 )
             )
             continue
@@ -334,6 +382,8 @@ def ist_benchmark(
                 relative_difference(ours_large.output, pub_large.output),
                 relative_difference(ours_large.grad_semantic, pub_large.grad_semantic),
                 note=f"both measured at B={large}",
+                grad_error_ours=errors[0],
+                grad_error_published=errors[1],
             )
         )
         rows.append(
@@ -350,6 +400,8 @@ def ist_benchmark(
                     f"published EXTRAPOLATED linearly from B={small} ({pub_small.ms:.0f} ms, "
                     f"{pub_small.peak_bytes / MIB:.0f} MiB) and B={large}; diffs on the first {large} rows"
                 ),
+                grad_error_ours=errors[0],
+                grad_error_published=errors[1],
             )
         )
     return rows
@@ -363,16 +415,23 @@ def format_ist_table(rows: Sequence[IstRow], dims: IstDims, repeats: int, device
     )
     header = (
         f"{'C':>4} {'B':>3} {'published ms':>13} {'ours ms':>9} {'speedup':>8} {'published MiB':>14} "
-        f"{'ours MiB':>9} {'mem ratio':>9} {'out diff':>9} {'grad diff':>9}  note"
+        f"{'ours MiB':>9} {'mem ratio':>9} {'out diff':>9} {'grad diff':>9} {'f64 err ours/pub':>17}  note"
     )
     lines = [head, header, "-" * len(header)]
     for r in rows:
         lines.append(
             f"{r.num_classes:>4} {r.batch:>3} {r.published_ms:>13.1f} {r.ours_ms:>9.1f} {r.speedup:>7.1f}x "
             f"{r.published_bytes / MIB:>14.1f} {r.ours_bytes / MIB:>9.1f} {r.memory_ratio:>8.1f}x "
-            f"{r.output_diff:>9.1e} {r.grad_diff:>9.1e}  {r.note}"
+            f"{r.output_diff:>9.1e} {r.grad_diff:>9.1e} {r.grad_error_ours:>8.1e}/{r.grad_error_published:<8.1e}  "
+            f"{r.note}"
         )
-    lines.append("diff = max |ours − published| / max |published| (outputs; gradient w.r.t. the input features)")
+    lines.append(
+        "diff = max |ours − published| / max |published| (float32 outputs; gradients w.r.t. the input features);"
+    )
+    lines.append(
+        "f64 err = the same for the input gradient of ours / of published (float32) against published in float64, "
+        "first 2 rows"
+    )
     return "\n".join(lines)
 
 
@@ -495,6 +554,10 @@ class StepRow:
     num_classes: int
     phases_ms: dict[str, dict[str, float]] = field(default_factory=dict)
     """Method → phase → median ms; phase ``total`` is the median of whole steps."""
+    ist_ms: float = math.nan
+    """The IST head alone (forward + backward) at this B and C."""
+    fold_ms: float = math.nan
+    """Of which the batch-independent fold of fc3 into the pair weights (P·K² matmuls)."""
 
     @property
     def ratio(self) -> float:
@@ -524,7 +587,7 @@ def format_step_table(rows: Sequence[StepRow], repeats: int, device: torch.devic
     header = (
         f"{'backbone':<22} {'px':>4} {'B':>2} {'C':>4} {'method':<12} "
         + " ".join(f"{p:>9}" for p in PHASES)
-        + f" {'total':>9} {'ratio':>6} {'target':>7}"
+        + f" {'total':>9} {'ratio':>6} {'target':>7} {'verdict':>7} {'extra':>7} {'IST':>7} {'fold':>6}"
     )
     lines = [head, header, "-" * len(header)]
     for r in rows:
@@ -534,15 +597,21 @@ def format_step_table(rows: Sequence[StepRow], repeats: int, device: torch.devic
             ratio = f"{r.ratio:>5.2f}x" if is_hst else ""
             verdict = ("" if target is None else ("met" if r.ratio <= target else "MISSED")) if is_hst else ""
             target_text = f"≤{target:.2f}" if is_hst and target is not None else ""
+            extra = phases["total"] - r.phases_ms["partial_bce"]["total"]
+            why = f" {extra:>7.0f} {r.ist_ms:>7.0f} {r.fold_ms:>6.0f}" if is_hst else ""
             lines.append(
                 f"{r.backbone:<22} {r.image_size:>4} {r.batch:>2} {r.num_classes:>4} {name:<12} "
                 + " ".join(f"{phases[p]:>9.1f}" for p in PHASES)
-                + f" {phases['total']:>9.1f} {ratio:>6} {target_text:>7} {verdict}"
+                + f" {phases['total']:>9.1f} {ratio:>6} {target_text:>7} {verdict:>7}{why}"
             )
+    lines.append(
+        "extra = hst − partial_bce total; IST = the IST head alone, forward+backward at this B and C (same device); "
+        "fold = its P·K² matmuls"
+    )
     return "\n".join(lines)
 
 
-def profile_step(setup: StepSetup, name: str, device: torch.device, row_limit: int = 15) -> str:
+def profile_step(setup: StepSetup, name: str, device: torch.device, row_limit: int = 12) -> str:
     """torch.profiler top operators (self time) of one more step of ``name``."""
     with torch.profiler.profile(activities=_activities(device)) as prof:
         training_step(setup, name, 1, device)
@@ -556,7 +625,7 @@ def _activities(device: torch.device) -> list[torch.profiler.ProfilerActivity]:
     return activities
 
 
-def _top_ops(prof: torch.profiler.profile, device: torch.device, row_limit: int = 15) -> str:
+def _top_ops(prof: torch.profiler.profile, device: torch.device, row_limit: int = 12) -> str:
     sort_by = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     return prof.key_averages().table(sort_by=sort_by, row_limit=row_limit, max_name_column_width=48)
 
@@ -689,6 +758,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(profile_ist(impl, middle, batch, plan.dims, device))
     step_rows: list[StepRow] = []
     profiles: list[str] = []
+    ist_alone: dict[int, tuple[float, float]] = {}
+    for num in plan.step_classes:
+        # HST builds ISTHead(C, feature_dim) with the default hidden 512 and output 1024
+        ist_dims = IstDims(plan.step_dims[0], 512, 1024)
+        alone = measure_ist("ours", num, plan.step_batch, plan.step_batch, ist_dims, plan.repeats, str(device))
+        fold = measure_fold(num * (num - 1) // 2, ist_dims.output_dim, plan.repeats, device)
+        ist_alone[num] = (alone.ms, fold)
+        print(f"  IST head alone C={num} B={plan.step_batch}: {alone.ms:.1f} ms, of which fold {fold:.1f} ms")
     for backbone, weights in plan.backbones:
         for num in plan.step_classes:
             print(f"  stepping {backbone} ({weights} weights) C={num} ...")
@@ -704,6 +781,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 hidden_dim=hidden_dim,
             )
             row = step_benchmark(setup, plan.repeats, device, backbone, plan.image_size)
+            row.ist_ms, row.fold_ms = ist_alone[num]
             step_rows.append(row)
             print(f"    hst / partial_bce = {row.ratio:.3f}")
             target = STEP_TARGETS.get(num)

@@ -47,6 +47,8 @@ def test_ist_benchmark_rows_agree_and_are_timed() -> None:
     assert row.published_ms > 0 and row.ours_ms > 0
     assert row.speedup == pytest.approx(row.published_ms / row.ours_ms)
     assert row.output_diff < 1e-5 and row.grad_diff < 1e-5
+    # both float32 formulations are checked against the published one in float64
+    assert 0 <= row.grad_error_ours < 1e-5 and 0 <= row.grad_error_published < 1e-5
     table = speed.format_ist_table(rows, TINY, 1, CPU)
     assert re.search(r"^\s+5\s+4\s", table, re.MULTILINE)
 
@@ -118,3 +120,4 @@ def test_quick_run_ends_with_the_three_summary_lines(capsys: pytest.CaptureFixtu
     assert re.search(r"^tf_efficientnet_lite0\s+64\s+2\s+5 hst ", out, re.MULTILINE)
     assert re.search(r"^tf_efficientnet_lite0\s+64\s+2\s+6 partial_bce ", out, re.MULTILINE)
     assert "profile of one hst step" in out and "Self CPU" in out
+    assert re.search(r"IST head alone C=5 B=2: [\d.]+ ms, of which fold [\d.]+ ms", out)

@@ -183,6 +183,50 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    from hst.engine.predict import predict
+
+    out = Path(args.out) if args.out else None
+    if out is not None and out.suffix.lower() not in {".csv", ".json"}:
+        raise ConfigError(f"--out must end in .csv or .json, got {out}")
+    result = predict(
+        Path(args.checkpoint),
+        args.input,
+        batch_size=args.batch_size,
+        threshold=args.threshold,
+        top_k=args.top_k,
+        on_error=args.on_error,
+        image_size=args.image_size,
+        device=args.device,
+    )
+    _print(result.table_lines(limit=None if args.show < 0 else args.show))
+    rule = f"top {result.top_k}" if result.top_k is not None else f"threshold {result.threshold:g}"
+    predicted = int(result.selected().sum())
+    print(f"{len(result)} images, {predicted} predicted labels ({rule}), {len(result.class_names)} classes")
+    if result.skipped:
+        print(f"skipped {len(result.skipped)} unreadable images:", file=sys.stderr)
+        for image, reason in result.skipped:
+            print(f"  {image}: {reason}", file=sys.stderr)
+    if out is not None:
+        result.write(out, all_scores=args.all_scores)
+        print(f"wrote {out}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from hst.engine.export import ParityError, export_checkpoint
+
+    try:
+        result = export_checkpoint(
+            Path(args.checkpoint), Path(args.out), args.format, args.image_size, tolerance=args.tolerance
+        )
+    except ParityError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    _print(result.lines())
+    return 0
+
+
 Handler = Callable[[argparse.Namespace], int]
 
 
@@ -260,6 +304,38 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--seeds", default=None, help="comma-separated seeds (default 0)")
     bench.add_argument("--out", default="benchmark", help="output folder (results.csv/.md/.png, runs/)")
     bench.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of the training config")
+
+    pred = verb(verbs, "predict", "label new images (file, folder or data spec) with a trained checkpoint",
+                cmd_predict)
+    pred.epilog = None  # no key=value overrides here
+    pred.add_argument("checkpoint", help="checkpoint file written by hst train (checkpoints/best.ckpt)")
+    pred.add_argument("input", help="image file, folder (searched recursively) or data spec (csv:FILE, ...)")
+    pred.add_argument("--out", default=None,
+                      help="FILE.csv (image,label,probability per predicted label) or FILE.json")
+    pred.add_argument("--threshold", type=float, default=0.5, help="probability threshold (0.5)")
+    pred.add_argument("--top-k", dest="top_k", type=int, default=None,
+                      help="predict the k most probable labels of each image instead of thresholding")
+    pred.add_argument("--all-scores", dest="all_scores", action="store_true",
+                      help="CSV: image,<classes…> probabilities of every class (for hst metrics "
+                           "--scores-are-probabilities); JSON: add a probabilities object")
+    pred.add_argument("--batch-size", dest="batch_size", type=int, default=32, help="images per batch (32)")
+    pred.add_argument("--on-error", dest="on_error", choices=["error", "skip"], default="error",
+                      help="unreadable or missing image: stop (default) or skip it and report")
+    pred.add_argument("--image-size", dest="image_size", type=int, default=None,
+                      help="resize images to N×N (default: the training size)")
+    pred.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto (cpu)")
+    pred.add_argument("--show", type=int, default=20, help="images listed in the printed table (20; -1 = all)")
+
+    export = verb(verbs, "export", "export a checkpoint's inference graph (images → probabilities) to ONNX or "
+                  "TorchScript, with a JSON sidecar and a parity check", cmd_export)
+    export.epilog = None  # no key=value overrides here
+    export.add_argument("checkpoint", help="checkpoint file written by hst train (checkpoints/best.ckpt)")
+    export.add_argument("--format", required=True, choices=["onnx", "torchscript"], help="onnx or torchscript")
+    export.add_argument("--out", required=True, help="output file (model.onnx / model.pt); FILE.json is the sidecar")
+    export.add_argument("--image-size", dest="image_size", type=int, default=None,
+                        help="input height and width N (default: the training size)")
+    export.add_argument("--tolerance", type=float, default=1e-4,
+                        help="largest allowed |exported - torch| probability in the parity check (1e-4)")
 
     return parser
 
