@@ -124,15 +124,16 @@ PAIR_PROBABILITIES = [0.9, 0.5, 0.95, 0.8, 0.01, 0.99]
 IST_LABELS = torch.tensor([[1, 0, 0, -1], [0, 0, 0, 0], [1, 1, 0, 0]], dtype=torch.int8)
 
 
-def _recorder(monkeypatch: pytest.MonkeyPatch, module: object) -> list[torch.Tensor]:
-    """Record the label argument of every partial_bce call the method's module makes."""
+def _recorder(monkeypatch: pytest.MonkeyPatch, *modules: object) -> list[torch.Tensor]:
+    """Record the label argument of every partial_bce call the given modules make."""
     calls: list[torch.Tensor] = []
 
     def recording(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         calls.append(labels.clone())
         return partial_bce(logits, labels)
 
-    monkeypatch.setattr(module, "partial_bce", recording)
+    for module in modules:
+        monkeypatch.setattr(module, "partial_bce", recording)
     return calls
 
 
@@ -147,7 +148,8 @@ def test_ist_pseudo_labels_only_fill_unknown_entries_above_threshold(
     config = _config(use_cst=False, sst_threshold_start=0.5, sst_threshold_min=0.0, learn_thresholds=False)
     method = create(name, config, 4, DIM, 3)
     method.ist_head = _FixedPairs(PAIR_PROBABILITIES)
-    calls = _recorder(monkeypatch, hst_module if name == "hst" else sst_module)
+    # SST shares HST's known-label and co-occurrence step, so both modules are recorded.
+    calls = _recorder(monkeypatch, hst_module, sst_module)
     output = NetworkOutput(torch.zeros(3, 4, requires_grad=True), torch.zeros(3, 4, DIM))
     method.training_loss(output, IST_LABELS, StepContext(1, 0, 1, torch.arange(3)))
     assert len(calls) == 2 and torch.equal(calls[0], IST_LABELS)

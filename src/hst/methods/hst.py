@@ -30,6 +30,28 @@ from hst.models.ist import ISTHead, intra_scores
 from hst.models.network import NetworkOutput
 
 
+def known_and_cooccurrence_loss(
+    config: MethodConfig,
+    ist_head: ISTHead | None,
+    logits: torch.Tensor,
+    semantic: torch.Tensor,
+    labels: torch.Tensor,
+    ramp: float,
+) -> tuple[torch.Tensor, dict[str, float], torch.Tensor | None]:
+    """The part HST and SST share: BCE on known labels plus the ramped IST co-occurrence loss.
+
+    Returns (loss, logs, pair logits or None without an IST head).
+    """
+    base = partial_bce(logits, labels)
+    logs: dict[str, float] = {"bce": float(base.detach())}
+    if ist_head is None:
+        return base, logs, None
+    pair_logits = ist_head(semantic)
+    cooc = intra_cooccurrence_loss(pair_logits, labels, ignore_unknown_pairs=config.ignore_unknown_pairs)
+    logs["cooccurrence"] = float(cooc.detach())
+    return base + ramp * config.intra_cooccurrence_weight * cooc, logs, pair_logits
+
+
 def pseudo_label_logs(
     prefix: str, labels: torch.Tensor, pseudo: torch.Tensor, full_labels: torch.Tensor | None
 ) -> dict[str, float]:
@@ -108,17 +130,11 @@ class HST(Method):
         c = self.config
         logits, semantic = output.logits, output.semantic
         labels = labels.to(logits.device)
-        base = partial_bce(logits, labels)
-        loss = base
-        logs: dict[str, float] = {"bce": float(base.detach())}
         ramp = ctx.ramp if c.warmup_ramp else 1.0
         pseudo_phase = ctx.epoch >= c.pseudo_label_epoch
+        loss, logs, pair_logits = known_and_cooccurrence_loss(c, self.ist_head, logits, semantic, labels, ramp)
 
-        if self.ist_head is not None:
-            pair_logits = self.ist_head(semantic)
-            cooc = intra_cooccurrence_loss(pair_logits, labels, ignore_unknown_pairs=c.ignore_unknown_pairs)
-            loss = loss + ramp * c.intra_cooccurrence_weight * cooc
-            logs["cooccurrence"] = float(cooc.detach())
+        if pair_logits is not None:
             if pseudo_phase:
                 scores = intra_scores(pair_logits, labels)
                 pseudo, clamped = threshold_pseudo_labels(labels, scores, self.intra_threshold)

@@ -19,9 +19,9 @@ from typing import Any
 import torch
 
 from hst.engine.config import MethodConfig
-from hst.losses import instance_contrastive_loss, intra_cooccurrence_loss, partial_bce
+from hst.losses import instance_contrastive_loss, partial_bce
 from hst.methods.base import FeatureSource, LossOutput, Method, StepContext
-from hst.methods.hst import pseudo_label_logs
+from hst.methods.hst import known_and_cooccurrence_loss, pseudo_label_logs
 from hst.models.cst import COSINE_EPS
 from hst.models.ist import ISTHead, intra_scores
 from hst.models.network import NetworkOutput
@@ -143,17 +143,11 @@ class SST(Method):
         c = self.config
         logits, semantic = output.logits, output.semantic
         labels = labels.to(logits.device)
-        base = partial_bce(logits, labels)
-        loss = base
-        logs: dict[str, float] = {"bce": float(base.detach())}
         ramp = ctx.ramp if c.warmup_ramp else 1.0
         threshold = self.threshold(ctx.epoch)
+        loss, logs, pair_logits = known_and_cooccurrence_loss(c, self.ist_head, logits, semantic, labels, ramp)
 
-        if self.ist_head is not None:
-            pair_logits = self.ist_head(semantic)
-            cooc = intra_cooccurrence_loss(pair_logits, labels, ignore_unknown_pairs=c.ignore_unknown_pairs)
-            loss = loss + ramp * c.intra_cooccurrence_weight * cooc
-            logs["cooccurrence"] = float(cooc.detach())
+        if pair_logits is not None:
             if threshold is not None:
                 pseudo = fixed_threshold_pseudo_labels(labels, intra_scores(pair_logits.detach(), labels), threshold)
                 intra_bce = partial_bce(logits, pseudo)
