@@ -161,11 +161,17 @@ class IstMeasurement:
 
 
 def ist_inputs(
-    num_classes: int, batch: int, full_batch: int, dims: IstDims, device: torch.device, seed: int = 0
+    num_classes: int,
+    batch: int,
+    full_batch: int,
+    dims: IstDims,
+    device: torch.device,
+    seed: int = 0,
+    kernel: str = "eager",
 ) -> tuple[ISTHead, Tensor, Tensor]:
     """Seeded head, input features (``batch`` of ``full_batch`` rows, requiring grad) and output projection."""
     torch.manual_seed(seed)
-    head = ISTHead(num_classes, dims.feature_dim, dims.hidden_dim, dims.output_dim).to(device)
+    head = ISTHead(num_classes, dims.feature_dim, dims.hidden_dim, dims.output_dim, kernel=kernel).to(device)
     generator = torch.Generator().manual_seed(seed + 1)
     num_pairs = num_classes * (num_classes - 1) // 2
     semantic = torch.randn(full_batch, num_classes, dims.feature_dim, generator=generator)[:batch]
@@ -180,9 +186,11 @@ def ist_forward(impl: str) -> Callable[[ISTHead, Tensor], Tensor]:
     return published_ist if impl == "published" else ISTHead.forward
 
 
-def profile_ist(impl: str, num_classes: int, batch: int, dims: IstDims, device: torch.device) -> str:
+def profile_ist(
+    impl: str, num_classes: int, batch: int, dims: IstDims, device: torch.device, kernel: str = "eager"
+) -> str:
     """torch.profiler top operators (self time) of one forward+backward after one warm-up."""
-    head, semantic, projection = ist_inputs(num_classes, batch, batch, dims, device)
+    head, semantic, projection = ist_inputs(num_classes, batch, batch, dims, device, kernel=kernel)
     forward = ist_forward(impl)
     (forward(head, semantic) * projection).sum().backward()
     with torch.profiler.profile(activities=_activities(device)) as prof:
@@ -200,6 +208,7 @@ def measure_ist(
     repeats: int,
     device: str,
     seed: int = 0,
+    kernel: str = "eager",
 ) -> IstMeasurement:
     """Forward + backward of one implementation (``published`` or ``ours``): 1 warm-up, ``repeats`` timed.
 
@@ -207,7 +216,7 @@ def measure_ist(
     different batch sizes and implementations see identical rows and parameters.
     """
     dev = torch.device(device)
-    head, semantic, projection = ist_inputs(num_classes, batch, full_batch, dims, dev, seed)
+    head, semantic, projection = ist_inputs(num_classes, batch, full_batch, dims, dev, seed, kernel)
     forward = ist_forward(impl)
     memory = PeakMemory(dev)
     memory.start()
@@ -321,6 +330,7 @@ def ist_benchmark(
     max_published_elements: int | None,
     fallback_batches: tuple[int, int],
     log: Callable[[str], None] = print,
+    kernel: str = "eager",
 ) -> list[IstRow]:
     """Rows of table (a). A published pair activation above ``max_published_elements`` (``B·P·output``)
     is measured at ``fallback_batches`` instead and extrapolated linearly to ``batch``; a row measured at
@@ -339,6 +349,7 @@ def ist_benchmark(
             dims=dims,
             repeats=repeats,
             device=str(device),
+            kernel=kernel,
         )
         log(f"    {result.ms:10.1f} ms, peak {result.peak_bytes / MIB:9.1f} MiB")
         return result
@@ -407,11 +418,13 @@ def ist_benchmark(
     return rows
 
 
-def format_ist_table(rows: Sequence[IstRow], dims: IstDims, repeats: int, device: torch.device) -> str:
+def format_ist_table(
+    rows: Sequence[IstRow], dims: IstDims, repeats: int, device: torch.device, kernel: str = "eager"
+) -> str:
     head = (
         f"(a) IST head forward+backward, D={dims.feature_dim}, hidden {dims.hidden_dim}, output "
-        f"{dims.output_dim}, float32, {device.type}; median of {repeats} after 1 warm-up; peak memory above "
-        "the inputs"
+        f"{dims.output_dim}, float32, {device.type}; ours = ISTHead(kernel={kernel!r}); median of {repeats} "
+        "after 1 warm-up; peak memory above the inputs"
     )
     header = (
         f"{'C':>4} {'B':>3} {'published ms':>13} {'ours ms':>9} {'speedup':>8} {'published MiB':>14} "
@@ -470,6 +483,7 @@ def build_step_setup(
     feature_dim: int = 1024,
     hidden_dim: int = 512,
     seed: int = 0,
+    ist_kernel: str = "eager",
 ) -> StepSetup:
     """One network shared by every method (each with its own Adam, as the engine sets it up), random
     images and partial labels (~50% unknown); hst gets prototypes from a small random feature source and
@@ -498,7 +512,8 @@ def build_step_setup(
     methods: dict[str, Method] = {}
     optimizers: dict[str, torch.optim.Optimizer] = {}
     for name in method_names:
-        method = create(name, MethodConfig(name=name), num_classes, network.feature_dim, 1000).to(device).train()
+        config = MethodConfig(name=name, ist_kernel=ist_kernel)
+        method = create(name, config, num_classes, network.feature_dim, 1000).to(device).train()
         method.on_train_epoch_start(epoch, feature_source)
         thresholds = method.threshold_parameters()
         ids = {id(p) for p in thresholds}
@@ -652,6 +667,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="largest published pair activation B·P·1024 measured outright; default 2^28 on CPU, none on GPU",
     )
     parser.add_argument("--fallback-batches", type=_ints, default=None, help="the two smaller batches; default 4,8")
+    parser.add_argument("--ist-kernel", dest="ist_kernel", choices=["eager", "compiled"], default="compiled",
+                        help="ISTHead kernel measured as 'ours' and used in the hst step (compiled)")
     parser.add_argument("--no-isolate", action="store_true", help="measure (a) in this process (CPU peak less exact)")
     parser.add_argument("--no-profile", action="store_true", help="no profile even when a target is missed")
     parser.add_argument("--profile", action="store_true", help="print the step profiles even when targets are met")
@@ -742,9 +759,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         isolate=device.type == "cpu" and not args.no_isolate,
         max_published_elements=plan.max_published_elements,
         fallback_batches=plan.fallback_batches,
+        kernel=args.ist_kernel,
     )
     print()
-    print(format_ist_table(ist_rows, plan.dims, plan.repeats, device))
+    print(format_ist_table(ist_rows, plan.dims, plan.repeats, device, args.ist_kernel))
     print()
     middle = plan.ist_classes[len(plan.ist_classes) // 2]
     ist_met = all(r.speedup >= IST_TARGET for r in ist_rows if r.num_classes == middle)
@@ -755,14 +773,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             batch = plan.fallback_batches[1]
         for impl in ("ours", "published"):
             print(f"profile of one {impl} IST forward+backward, C={middle}, B={batch} (top operators):")
-            print(profile_ist(impl, middle, batch, plan.dims, device))
+            print(profile_ist(impl, middle, batch, plan.dims, device, args.ist_kernel))
     step_rows: list[StepRow] = []
     profiles: list[str] = []
     ist_alone: dict[int, tuple[float, float]] = {}
     for num in plan.step_classes:
         # HST builds ISTHead(C, feature_dim) with the default hidden 512 and output 1024
         ist_dims = IstDims(plan.step_dims[0], 512, 1024)
-        alone = measure_ist("ours", num, plan.step_batch, plan.step_batch, ist_dims, plan.repeats, str(device))
+        alone = measure_ist(
+            "ours", num, plan.step_batch, plan.step_batch, ist_dims, plan.repeats, str(device), kernel=args.ist_kernel
+        )
         fold = measure_fold(num * (num - 1) // 2, ist_dims.output_dim, plan.repeats, device)
         ist_alone[num] = (alone.ms, fold)
         print(f"  IST head alone C={num} B={plan.step_batch}: {alone.ms:.1f} ms, of which fold {fold:.1f} ms")
@@ -779,6 +799,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 device,
                 feature_dim=feature_dim,
                 hidden_dim=hidden_dim,
+                ist_kernel=args.ist_kernel,
             )
             row = step_benchmark(setup, plan.repeats, device, backbone, plan.image_size)
             row.ist_ms, row.fold_ms = ist_alone[num]

@@ -24,7 +24,11 @@ def test_console_script_help_runs() -> None:
 
 
 @pytest.mark.parametrize(
-    "verb", [["data"], ["data", "stats"], ["make-partial"], ["metrics"], ["train"], ["evaluate"]]
+    "verb",
+    [
+        ["data"], ["data", "stats"], ["make-partial"], ["metrics"], ["train"], ["evaluate"], ["benchmark"],
+        ["extract-features"], ["predict"], ["complete"], ["export"], ["report"],
+    ],
 )
 def test_every_verb_has_help(verb: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:

@@ -55,7 +55,7 @@ def test_hst_trains_end_to_end_and_is_deterministic(tmp_path: Path) -> None:
     # The saved config reproduces the run's settings, and the checkpoint carries prototypes + thresholds.
     saved = resolve_config(TrainConfig, first.run_dir / "config.yaml")
     assert saved == tiny_config(tmp_path, "trainer.run_name=a")
-    checkpoint = torch.load(first.run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    checkpoint = torch.load(first.run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert checkpoint["hst_method_state"]["prototypes"] is not None
     assert checkpoint["hst_class_names"][0] == "person"
 

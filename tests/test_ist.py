@@ -61,6 +61,28 @@ def test_ist_head_matches_published_formulation(num: int, batch: int, dims: tupl
         assert len(row_blocks(num, batch * output_dim, budget)) > 5
 
 
+@pytest.mark.slow
+def test_compiled_kernel_matches_published_formulation() -> None:
+    """The torch.compile kernel (one-off compilation, tens of seconds on CPU) gives the same values and grads."""
+    torch.manual_seed(3)
+    num, batch = 12, 3
+    head = ISTHead(num, 16, 8, 16, chunk_elements=300, kernel="compiled")
+    with torch.no_grad():
+        head.fc2.bias.uniform_(-0.5, 0.5)
+    semantic = torch.randn(batch, num, 16, requires_grad=True)
+    out = head(semantic)
+    assert len(row_blocks(num, batch * 8, 300)) > 2  # blocks of several shapes reach the dynamic kernel
+    expected = ref.ist_head(head, semantic.double())
+    ref.assert_close_rel(out, expected)
+    inputs = [*head.parameters(), semantic]
+    ref.assert_grads_close(ref.grads(out, inputs), ref.grads(expected, inputs))
+
+
+def test_ist_head_rejects_unknown_kernel() -> None:
+    with pytest.raises(ValueError, match="eager"):
+        ISTHead(4, 8, 4, 8, kernel="fast")
+
+
 def test_ist_state_dict_has_published_shapes() -> None:
     head = ISTHead(6, feature_dim=32, hidden_dim=16, output_dim=24)
     shapes = {k: tuple(v.shape) for k, v in head.state_dict().items()}

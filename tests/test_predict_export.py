@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from hst.cli import main
-from hst.config import resolve_config
+from hst.config import ConfigError, resolve_config
 from hst.data.base import DataError, MultiLabelData
 from hst.data.readers import write_csv_manifest
 from hst.data.synthetic import make_synthetic
@@ -22,7 +22,7 @@ from hst.engine.config import TrainConfig
 from hst.engine.data import build_transform
 from hst.engine.export import ParityError, export_module, sidecar_path
 from hst.engine.module import PartialLabelModule
-from hst.engine.predict import Predictions, find_images, predict, predict_module, resolve_inputs
+from hst.engine.predict import Predictions, find_images, predict, predict_module, resolve_inputs, resolve_threshold
 from hst.engine.train import load_module, train
 
 TINY = [
@@ -131,6 +131,36 @@ def test_threshold_and_top_k_semantics(module: PartialLabelModule, folder: Path)
     assert toy.ranked(1) == [("y", pytest.approx(0.4))]
     toy.top_k = 5  # more than the classes: all of them
     assert toy.selected().all()
+
+
+def test_tuned_per_class_thresholds(module: PartialLabelModule, folder: Path, tmp_path: Path) -> None:
+    assert module.thresholds_tuned and len(module.decision_thresholds) == len(module.class_names)
+    assert any(t != 0.5 for t in module.decision_thresholds)  # otherwise this would not tell the rules apart
+    tuned = predict_module(module, folder, threshold="tuned")
+    cutoffs = np.asarray(module.decision_thresholds)
+    np.testing.assert_array_equal(tuned.thresholds, cutoffs)
+    np.testing.assert_array_equal(tuned.selected(), tuned.probabilities >= cutoffs[None, :])
+    for i in range(len(tuned)):
+        chosen = {label for label, _ in tuned.ranked(i)}
+        assert chosen == {module.class_names[c] for c in np.flatnonzero(tuned.selected()[i])}
+    assert tuned.rule == "p ≥ tuned per-class threshold" and tuned.rule in tuned.table_lines()[0]
+    tuned.write(tmp_path / "tuned.csv")
+    rows = list(csv.reader((tmp_path / "tuned.csv").open()))[1:]
+    assert len(rows) == int(tuned.selected().sum())
+    # "auto" is "tuned" here; a number, given as text or float, applies to every class.
+    assert np.array_equal(predict_module(module, folder, threshold="auto").thresholds, cutoffs)
+    as_text = predict_module(module, folder, threshold="0.3")
+    assert as_text.thresholds is None and as_text.threshold == 0.3
+    assert np.array_equal(as_text.selected(), as_text.probabilities >= 0.3)
+    assert resolve_threshold(0.25, module) == (0.25, None)
+    for bad in ("best", "1.5", -0.1):
+        with pytest.raises(ConfigError, match="threshold"):
+            resolve_threshold(bad, module)
+    # A hand-built case: class thresholds 0.6 / 0.3 / 0.95.
+    toy = Predictions(["a"], ["x", "y", "z"], np.array([[0.7, 0.35, 0.9]], np.float32))
+    toy.thresholds = np.array([0.6, 0.3, 0.95])
+    assert toy.selected().tolist() == [[True, True, False]]
+    assert [label for label, _ in toy.ranked(0)] == ["x", "y"]
 
 
 def test_csv_and_json_outputs(module: PartialLabelModule, folder: Path, tmp_path: Path) -> None:
@@ -268,6 +298,9 @@ def test_torchscript_export_and_parity_failure(
     out = tmp_path / "model.pt"
     result = export_module(module, out, "torchscript")
     assert result.max_abs_diff <= 1e-4 and out.is_file() and sidecar_path(out).is_file()
+    sidecar = json.loads(sidecar_path(out).read_text())
+    assert list(sidecar["thresholds"]) == module.class_names and sidecar["thresholds_tuned"] is True
+    assert list(sidecar["thresholds"].values()) == module.decision_thresholds
     loaded = torch.jit.load(str(out))
     images = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():

@@ -171,6 +171,11 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         options.proportions = _csv_list(args.proportions, float)
     if args.seeds:
         options.seeds = _csv_list(args.seeds, int)
+    if args.tune:
+        from hst.engine.benchmark import parse_tune
+
+        options.tune = parse_tune(args.tune)
+    options.workers = args.workers
     from hst.methods import available
 
     unknown = [m for m in options.methods if m not in available()]
@@ -180,6 +185,25 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     out = Path(options.out)
     print((out / "results.md").read_text())
     print(f"wrote {out / 'results.csv'}, {out / 'results.md'}, {out / 'results.png'}")
+    return 0
+
+
+def cmd_extract_features(args: argparse.Namespace) -> int:
+    from hst.engine.cache import extract_for_config
+    from hst.engine.config import TrainConfig
+
+    config = resolve_config(TrainConfig, args.config, args.overrides)
+    for cache in extract_for_config(config, progress=True):
+        shape = "×".join(str(n) for n in cache.shape)
+        print(f"{cache.key}: {len(cache)} images, features {shape} (float16) in {config.data.cache_dir}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from hst.engine.report import build_report
+
+    page = build_report(Path(args.run_dir), Path(args.out) if args.out else None)
+    print(f"wrote {page}")
     return 0
 
 
@@ -200,7 +224,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         device=args.device,
     )
     _print(result.table_lines(limit=None if args.show < 0 else args.show))
-    rule = f"top {result.top_k}" if result.top_k is not None else f"threshold {result.threshold:g}"
+    rule = result.rule
     predicted = int(result.selected().sum())
     print(f"{len(result)} images, {predicted} predicted labels ({rule}), {len(result.class_names)} classes")
     if result.skipped:
@@ -210,6 +234,30 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if out is not None:
         result.write(out, all_scores=args.all_scores)
         print(f"wrote {out}")
+    return 0
+
+
+def _threshold_help() -> str:
+    return ("a probability in [0, 1] for every class, 'tuned' (per-class thresholds tuned for F1 on the "
+            "validation split at train time, stored in the checkpoint) or 'auto' (tuned when present, else 0.5)")
+
+
+def cmd_complete(args: argparse.Namespace) -> int:
+    from hst.engine.complete import complete
+
+    result = complete(
+        Path(args.checkpoint),
+        args.partial_labels,
+        Path(args.out),
+        data=args.data,
+        min_confidence=args.min_confidence,
+        threshold=args.threshold,
+        evidence=not args.no_evidence,
+        batch_size=args.batch_size,
+        on_error=args.on_error,
+        device=args.device,
+    )
+    _print(result.lines())
     return 0
 
 
@@ -303,7 +351,25 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--proportions", default=None, help="comma-separated known proportions (default 0.1,...,0.9)")
     bench.add_argument("--seeds", default=None, help="comma-separated seeds (default 0)")
     bench.add_argument("--out", default="benchmark", help="output folder (results.csv/.md/.png, runs/)")
+    bench.add_argument("--tune", default=None,
+                       help="per-method grid chosen on validation mAP, e.g. "
+                            "'linear_assume_negative:optim.lr=0.003,0.03;optim.weight_decay=0,0.001' "
+                            "(several methods joined by '+')")
+    bench.add_argument("--workers", type=int, default=1,
+                       help="cells trained at once in separate processes, CPU threads shared out (1)")
     bench.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of the training config")
+
+    extract = verb(verbs, "extract-features",
+                   "run the frozen backbone once over the data of a config and store its feature maps "
+                   "(float16, memory-mapped; reused by training with model.trainable=none)", cmd_extract_features)
+    extract.add_argument("--config", default=None, help="YAML config file (e.g. configs/coco128-benchmark.yaml)")
+    extract.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of the training config")
+
+    report = verb(verbs, "report", "one self-contained HTML page (plus PNGs) of a run or benchmark folder",
+                  cmd_report)
+    report.epilog = None  # no key=value overrides here
+    report.add_argument("run_dir", help="run folder written by hst train, or an hst benchmark folder")
+    report.add_argument("--out", default=None, help="output folder (default RUN_DIR/report)")
 
     pred = verb(verbs, "predict", "label new images (file, folder or data spec) with a trained checkpoint",
                 cmd_predict)
@@ -312,7 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("input", help="image file, folder (searched recursively) or data spec (csv:FILE, ...)")
     pred.add_argument("--out", default=None,
                       help="FILE.csv (image,label,probability per predicted label) or FILE.json")
-    pred.add_argument("--threshold", type=float, default=0.5, help="probability threshold (0.5)")
+    pred.add_argument("--threshold", "--thresholds", dest="threshold", default="0.5",
+                      help="0.5 (default): " + _threshold_help())
     pred.add_argument("--top-k", dest="top_k", type=int, default=None,
                       help="predict the k most probable labels of each image instead of thresholding")
     pred.add_argument("--all-scores", dest="all_scores", action="store_true",
@@ -325,6 +392,29 @@ def build_parser() -> argparse.ArgumentParser:
                       help="resize images to N×N (default: the training size)")
     pred.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto (cpu)")
     pred.add_argument("--show", type=int, default=20, help="images listed in the printed table (20; -1 = all)")
+
+    comp = verb(verbs, "complete",
+                "fill the unknown labels of a partially labelled dataset with a trained checkpoint (classifier + "
+                "IST/CST evidence); known labels are never changed", cmd_complete)
+    comp.epilog = None  # no key=value overrides here
+    comp.add_argument("checkpoint", help="checkpoint file written by hst train (checkpoints/best.ckpt)")
+    comp.add_argument("partial_labels", help="CSV manifest with 1/-1/empty labels (as hst make-partial writes), "
+                                             "or any data spec")
+    comp.add_argument("--out", required=True,
+                      help="completed CSV manifest; OUT.confidence.csv lists every filled entry")
+    comp.add_argument("--data", default=None,
+                      help="data spec with the full labels of the same images: prints precision/recall of the "
+                           "filled labels at several confidence levels")
+    comp.add_argument("--min-confidence", dest="min_confidence", type=float, default=0.9,
+                      help="entries filled with lower confidence stay unknown (0.9)")
+    comp.add_argument("--threshold", "--thresholds", dest="threshold", default="auto",
+                      help="auto (default): " + _threshold_help())
+    comp.add_argument("--no-evidence", dest="no_evidence", action="store_true",
+                      help="use the classifier alone (no IST co-occurrence or CST prototype evidence)")
+    comp.add_argument("--batch-size", dest="batch_size", type=int, default=32, help="images per batch (32)")
+    comp.add_argument("--on-error", dest="on_error", choices=["error", "skip"], default="error",
+                      help="unreadable or missing image: stop (default) or skip it and report")
+    comp.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto (cpu)")
 
     export = verb(verbs, "export", "export a checkpoint's inference graph (images → probabilities) to ONNX or "
                   "TorchScript, with a JSON sidecar and a parity check", cmd_export)

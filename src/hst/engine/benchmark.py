@@ -8,6 +8,8 @@ the known proportion, one line per method, seed spread shaded).
 from __future__ import annotations
 
 import csv
+import itertools
+import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -16,10 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-from hst.config import resolve_config
+from hst.config import ConfigError, resolve_config
 from hst.engine.config import TrainConfig
 
-FIELDS = ["method", "proportion", "seed", "test_mAP", "test_OF1", "test_CF1", "val_mAP", "seconds", "run_dir"]
+FIELDS = [
+    "method", "proportion", "seed", "test_mAP", "test_OF1", "test_CF1", "val_mAP", "seconds", "run_dir", "chosen",
+]
 DEFAULT_PROPORTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
@@ -31,6 +35,30 @@ class BenchmarkOptions:
     seeds: list[int] = field(default_factory=lambda: [0])
     out: str = "benchmark"
     overrides: list[str] = field(default_factory=list)
+    tune: dict[str, list[list[str]]] = field(default_factory=dict)
+    """Per method, a grid of override sets; each cell trains every point and keeps the best validation mAP."""
+    workers: int = 1
+    """Cells run in this many processes at once (CPU threads are shared out between them)."""
+
+
+def parse_tune(text: str) -> dict[str, list[list[str]]]:
+    """``METHOD:key=v1,v2;key2=w1,w2`` (several specs joined by ``+``) → the cartesian grid per method."""
+    grids: dict[str, list[list[str]]] = {}
+    for spec in (part.strip() for part in text.split("+")):
+        if not spec:
+            continue
+        method, sep, body = spec.partition(":")
+        if not sep or not method.strip() or not body.strip():
+            raise ConfigError(f"--tune {spec!r}: expected METHOD:key=v1,v2;key2=w1,w2")
+        axes: list[list[str]] = []
+        for axis in body.split(";"):
+            key, eq, values = axis.partition("=")
+            choices = [v.strip() for v in values.split(",") if v.strip()]
+            if not eq or not key.strip() or not choices:
+                raise ConfigError(f"--tune {spec!r}: cannot read {axis!r} (expected key=v1,v2)")
+            axes.append([f"{key.strip()}={v}" for v in choices])
+        grids[method.strip()] = [list(point) for point in itertools.product(*axes)]
+    return grids
 
 
 def _cell_key(method: str, proportion: float, seed: int) -> tuple[str, str, int]:
@@ -47,24 +75,118 @@ def read_results(path: Path) -> list[dict[str, str]]:
 def _write_results(path: Path, rows: list[dict[str, str]]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     with tmp.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=FIELDS)
+        writer = csv.DictWriter(handle, fieldnames=FIELDS, restval="", extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
     os.replace(tmp, path)
 
 
-def cell_config(options: BenchmarkOptions, method: str, proportion: float, seed: int) -> TrainConfig:
-    """The config of one cell: the base config, the user's overrides, then the cell's own values."""
+def cell_config(
+    options: BenchmarkOptions, method: str, proportion: float, seed: int, point: Sequence[str] = (), tag: str = ""
+) -> TrainConfig:
+    """The config of one cell: the base config, the user's overrides, a tuning point, then the cell's values."""
     cell = [
         f"method.name={method}",
         f"data.proportion={proportion}",
         f"data.partial_seed={seed}",
         f"trainer.seed={seed}",
         f"trainer.output_dir={Path(options.out) / 'runs'}",
-        f"trainer.run_name={method}-p{proportion:g}-s{seed}",
+        f"trainer.run_name={method}-p{proportion:g}-s{seed}{tag}",
         "trainer.progress_bar=false",
     ]
-    return resolve_config(TrainConfig, options.config, [*options.overrides, *cell])
+    return resolve_config(TrainConfig, options.config, [*options.overrides, *point, *cell])
+
+
+@dataclass
+class CellPlan:
+    """One cell and the configs of its tuning points (one point when the method is not tuned)."""
+
+    method: str
+    proportion: float
+    seed: int
+    points: list[list[str]]
+    configs: list[TrainConfig]
+
+
+def _plan(options: BenchmarkOptions, method: str, proportion: float, seed: int) -> CellPlan:
+    grid = options.tune.get(method) or [[]]
+    tagged = len(grid) > 1
+    configs = [
+        cell_config(options, method, proportion, seed, point, f"-t{k}" if tagged else "")
+        for k, point in enumerate(grid)
+    ]
+    return CellPlan(method, proportion, seed, grid, configs)
+
+
+def _best_val_map(result: object) -> float:
+    """The validation mAP of the epoch the run kept (its best), read from the run's CSV log when present."""
+    log = Path(str(getattr(result, "run_dir", ""))) / "csv" / "metrics.csv"
+    if log.is_file():
+        with log.open(newline="") as handle:
+            values = [float(r["val/mAP"]) for r in csv.DictReader(handle) if r.get("val/mAP")]
+        if values:
+            return max(values)
+    return float(getattr(result, "val_metrics", {}).get("mAP", float("nan")))
+
+
+def run_cell(plan: CellPlan, train_fn: Callable[[TrainConfig], object]) -> dict[str, str]:
+    """Train every tuning point of a cell; the row reports the point with the best validation mAP."""
+    started = time.perf_counter()
+    best: tuple[float, int, object] | None = None
+    for k, config in enumerate(plan.configs):
+        result = train_fn(config)
+        val_map = _best_val_map(result)
+        score = val_map if math.isfinite(val_map) else -math.inf
+        if best is None or score > best[0]:  # ties keep the earlier point
+            best = (score, k, result)
+    assert best is not None
+    _, k, result = best
+    test = getattr(result, "test_metrics", {})
+    return {
+        "method": plan.method,
+        "proportion": f"{plan.proportion:.4g}",
+        "seed": str(plan.seed),
+        "test_mAP": f"{test.get('mAP', float('nan')):.4f}",
+        "test_OF1": f"{test.get('OF1', float('nan')):.4f}",
+        "test_CF1": f"{test.get('CF1', float('nan')):.4f}",
+        "val_mAP": f"{_best_val_map(result):.4f}",
+        "seconds": f"{time.perf_counter() - started:.1f}",
+        "run_dir": str(getattr(result, "run_dir", "")),
+        "chosen": " ".join(plan.points[k]),
+    }
+
+
+def _worker_init(threads: int) -> None:
+    import logging
+
+    import torch
+
+    torch.set_num_threads(threads)
+    # a worker's Lightning info lines (checkpoint restored, ...) would interleave with the progress log
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+
+
+def _worker_cell(plan: CellPlan) -> dict[str, str]:
+    from hst.engine.train import train
+
+    return run_cell(plan, train)
+
+
+def _prepare_caches(plans: Sequence[CellPlan], log: Callable[[str], None]) -> None:
+    """Extract frozen-backbone features once, before parallel workers would race to write them."""
+    from hst.engine.cache import extract_for_config
+
+    seen: set[str] = set()
+    for plan in plans:
+        for config in plan.configs:
+            if config.data.feature_cache != "auto" or config.model.trainable != "none":
+                continue
+            d, m = config.data, config.model
+            key = repr((d.train, d.test, d.image_size, d.cache_dir, m.backbone, m.weights, m.channels_last))
+            if key not in seen:
+                seen.add(key)
+                caches = extract_for_config(config, progress=False)
+                log(f"feature cache ready: {', '.join(c.key for c in caches)}")
 
 
 def run_benchmark(
@@ -72,43 +194,53 @@ def run_benchmark(
     train_fn: Callable[[TrainConfig], object] | None = None,
     log: Callable[[str], None] = print,
 ) -> list[dict[str, str]]:
-    """Run every missing cell, appending each finished one to results.csv, then write the table and plot."""
-    if train_fn is None:
-        from hst.engine.train import train as train_fn
+    """Run every missing cell, appending each finished one to results.csv, then write the table and plot.
 
+    With ``workers > 1`` cells run in spawned processes (``train_fn`` must then be None: the real trainer),
+    each with ``torch.get_num_threads() // workers`` threads; results.csv is written by this process only.
+    """
     out = Path(options.out)
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.csv"
     rows = read_results(results_path)
     done = {_cell_key(r["method"], float(r["proportion"]), int(r["seed"])) for r in rows}
     cells = [(m, p, s) for m in options.methods for p in options.proportions for s in options.seeds]
+    unknown_tuned = sorted(set(options.tune) - set(options.methods))
+    if unknown_tuned:
+        raise ConfigError(f"--tune names methods that are not benchmarked: {unknown_tuned}")
     # Validate every cell's config before the first long run starts.
-    configs = {cell: cell_config(options, *cell) for cell in cells}
+    plans = {cell: _plan(options, *cell) for cell in cells}
     todo = [cell for cell in cells if _cell_key(*cell) not in done]
     log(f"{len(cells)} cells, {len(cells) - len(todo)} already done, {len(todo)} to run")
-    for number, cell in enumerate(todo, start=1):
-        method, proportion, seed = cell
-        started = time.perf_counter()
-        result = train_fn(configs[cell])
-        seconds = time.perf_counter() - started
-        test = getattr(result, "test_metrics", {})
-        val = getattr(result, "val_metrics", {})
-        rows.append(
-            {
-                "method": method,
-                "proportion": f"{proportion:.4g}",
-                "seed": str(seed),
-                "test_mAP": f"{test.get('mAP', float('nan')):.4f}",
-                "test_OF1": f"{test.get('OF1', float('nan')):.4f}",
-                "test_CF1": f"{test.get('CF1', float('nan')):.4f}",
-                "val_mAP": f"{val.get('mAP', float('nan')):.4f}",
-                "seconds": f"{seconds:.1f}",
-                "run_dir": str(getattr(result, "run_dir", "")),
-            }
-        )
+
+    def finish(number: int, row: dict[str, str]) -> None:
+        rows.append(row)
         _write_results(results_path, rows)
-        log(f"[{number}/{len(todo)}] {method} p={proportion:g} seed={seed}: "
-            f"test mAP {test.get('mAP', float('nan')):.2f} ({seconds:.0f} s)")
+        log(f"[{number}/{len(todo)}] {row['method']} p={row['proportion']} seed={row['seed']}: "
+            f"test mAP {float(row['test_mAP']):.2f} ({float(row['seconds']):.0f} s) {row['chosen']}".rstrip())
+
+    workers = max(1, int(options.workers))
+    if workers == 1 or len(todo) <= 1:
+        if train_fn is None:
+            from hst.engine.train import train as train_fn
+        for number, cell in enumerate(todo, start=1):
+            finish(number, run_cell(plans[cell], train_fn))
+    else:
+        if train_fn is not None:
+            raise ValueError("a custom train_fn cannot be sent to worker processes; use workers=1")
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        import torch
+
+        _prepare_caches([plans[cell] for cell in todo], log)
+        threads = max(1, torch.get_num_threads() // workers)
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init, initargs=(threads,)) as pool:
+            futures = [pool.submit(_worker_cell, plans[cell]) for cell in todo]
+            for number, future in enumerate(as_completed(futures), start=1):
+                finish(number, future.result())
+
     wanted = {_cell_key(*cell) for cell in cells}
     selected = [r for r in rows if _cell_key(r["method"], float(r["proportion"]), int(r["seed"])) in wanted]
     (out / "results.md").write_text(markdown_table(selected, options.methods, options.proportions))

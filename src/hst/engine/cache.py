@@ -375,3 +375,36 @@ class CachedFeatureDataset(Dataset):
         # one memory-map read per batch instead of one per item
         batch = self.cache.tensor(self.rows[np.asarray(indices, dtype=np.int64)])
         return [(index, batch[i], self.labels[index], self.eval_labels[index]) for i, index in enumerate(indices)]
+
+
+def extract_for_config(config: Any, progress: bool = True) -> list[FeatureCache]:
+    """``hst extract-features``: fill the cache a frozen-backbone run of ``config`` (a TrainConfig) will read.
+
+    Extracts the training source (all of it: splits and partial labels do not change the features) and the
+    test source when it is a separate dataset. Returns the caches; already cached data is not recomputed.
+    """
+    from hst.engine.data import prepare_splits
+    from hst.models.backbone import create_backbone
+
+    data_cfg, model_cfg = config.data, config.model
+    if model_cfg.head != "linear" and model_cfg.head != "sarl":
+        raise ValueError(f"model.head must be 'sarl' or 'linear', got {model_cfg.head!r}")
+    splits = prepare_splits(data_cfg)
+    backbone = create_backbone(model_cfg.backbone, model_cfg.weights, "none")
+    sources = [splits.source]
+    if splits.test_source is not None and splits.test_source is not splits.source:
+        sources.append(splits.test_source)
+    return [
+        extract_features(
+            backbone,
+            source,
+            image_size=data_cfg.image_size,
+            cache_dir=Path(data_cfg.cache_dir),
+            batch_size=data_cfg.eval_batch_size,
+            num_workers=data_cfg.num_workers,
+            progress=progress,
+            channels_last=model_cfg.channels_last,
+        )
+        for source in sources
+        if source is not None
+    ]

@@ -68,6 +68,8 @@ class MethodConfig:
     warmup_ramp: bool = True
     """Ramp the auxiliary losses linearly over epoch 0 (published behaviour)."""
     use_ist: bool = True
+    ist_kernel: str = "eager"
+    """IST pair kernel: 'eager' or 'compiled' (torch.compile-fused; faster, one-off compile of tens of seconds)."""
     use_cst: bool = True
     learn_thresholds: bool = True
     """DTL: learn the IST and CST thresholds; False keeps them fixed at the initial values."""

@@ -2,7 +2,8 @@
 
 The exported model maps normalised images (B×3×H×W float32, RGB, ``(pixel / 255 − mean) / std``, bicubic
 resize to H×W) to class probabilities (B×C, the sigmoid of the logits). Mean, std, size and class names are
-written to ``FILE.json`` next to ``FILE``. The batch axis is dynamic; H and W are fixed at export.
+written to ``FILE.json`` next to ``FILE``, with the per-class decision thresholds tuned on validation. The
+batch axis is dynamic; H and W are fixed at export.
 """
 
 from __future__ import annotations
@@ -97,6 +98,11 @@ def _sidecar(
         "std": list(backbone.std),
         "class_names": list(module.class_names),
         "suggested_threshold": 0.5,
+        # Per-class thresholds tuned on validation F1 after training (0.5 everywhere when not tuned).
+        "thresholds": {
+            name: float(t) for name, t in zip(module.class_names, module.decision_thresholds, strict=True)
+        },
+        "thresholds_tuned": bool(module.thresholds_tuned),
         "backbone": backbone.name,
         "method": module.config.method.name,
         "checkpoint": checkpoint.name if checkpoint is not None else None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -14,6 +15,28 @@ from hst.engine.config import TrainConfig
 from hst.methods import StepContext, create
 from hst.metrics import evaluate
 from hst.models.network import NetworkOutput, PartialLabelNetwork, build_network
+
+CHECKPOINT_FORMAT = 2
+"""Version of the ``hst_*`` entries a checkpoint carries (1: config, class names, method state only)."""
+DEFAULT_THRESHOLD = 0.5
+
+
+def plain(value: Any, where: str = "checkpoint") -> Any:
+    """``value`` as types ``torch.load(weights_only=True)`` accepts: tensors, numbers, strings, lists, dicts."""
+    if value is None or isinstance(value, (bool, int, float, str, torch.Tensor)):
+        return value.detach().cpu() if isinstance(value, torch.Tensor) else value
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, dict):
+        return {key: plain(item, f"{where}.{key}") for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(item, f"{where}[{index}]") for index, item in enumerate(value)]
+    # Anything else would make the checkpoint unloadable with weights_only=True; fail at save time instead.
+    raise TypeError(f"{where}: cannot store {type(value).__name__} in a checkpoint")
 
 
 class PartialLabelModule(L.LightningModule):
@@ -40,6 +63,15 @@ class PartialLabelModule(L.LightningModule):
             )
         self._outputs: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {"val": [], "test": []}
         self.last_metrics: dict[str, dict[str, Any]] = {}
+        self.last_scores: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        """Per stage, the logits and evaluation labels of the last evaluation epoch."""
+        self.decision_thresholds: list[float] = [DEFAULT_THRESHOLD] * len(self.class_names)
+        """Per-class probability thresholds of the predicted labels (tuned on validation after training)."""
+        self.thresholds_tuned = False
+        self.method_keys_missing: list[str] = []
+        """Method parameters a loaded checkpoint did not provide (they keep their initial values)."""
+        self.method_keys_ignored: list[str] = []
+        self.checkpoint_info: dict[str, Any] = {}
 
     features_cached: bool = False
     """True when batches hold cached backbone feature maps instead of images."""
@@ -114,6 +146,7 @@ class PartialLabelModule(L.LightningModule):
         labels = torch.cat([o[1] for o in outputs]).numpy()
         if self.trainer.sanity_checking:
             return
+        self.last_scores[stage] = (scores, labels)
         with warnings.catch_warnings():
             # Small validation splits may miss rare classes; they are left out of mAP on purpose.
             warnings.simplefilter("ignore")
@@ -150,12 +183,34 @@ class PartialLabelModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
     # ---- checkpoint extras ----------------------------------------------------------------------
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+    def checkpoint_extras(self) -> dict[str, Any]:
+        """The ``hst_*`` entries that make a checkpoint self-contained (plain types and tensors only)."""
+        from hst import __version__
         from hst.config import config_to_dict
 
-        checkpoint["hst_config"] = config_to_dict(self.config)
-        checkpoint["hst_class_names"] = self.class_names
-        checkpoint["hst_method_state"] = self.method.extra_state()
+        model = self.config.model
+        extras = {
+            "hst_format": CHECKPOINT_FORMAT,
+            "hst_version": __version__,
+            "hst_config": config_to_dict(self.config),
+            "hst_class_names": list(self.class_names),
+            "hst_method": self.config.method.name,
+            "hst_backbone": model.backbone,
+            "hst_head": model.head,
+            # The C×E matrix itself is the buffer network.sarl.embeddings of the state dict.
+            "hst_embeddings_source": model.embeddings if model.head == "sarl" else None,
+            "hst_thresholds": [float(t) for t in self.decision_thresholds],
+            "hst_thresholds_tuned": bool(self.thresholds_tuned),
+            "hst_method_state": self.method.extra_state(),
+        }
+        return plain(extras)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint.update(self.checkpoint_extras())
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.method.load_extra_state(checkpoint.get("hst_method_state", {}))
+        self.method.load_extra_state(checkpoint.get("hst_method_state") or {})
+        saved = checkpoint.get("hst_thresholds")
+        if saved is not None and len(saved) == len(self.class_names):
+            self.decision_thresholds = [float(t) for t in saved]
+            self.thresholds_tuned = bool(checkpoint.get("hst_thresholds_tuned", False))

@@ -3,6 +3,8 @@
 Inputs are one image file, a folder (searched recursively), a list of image paths, or any data spec
 (``csv:FILE``, ``yolo:ROOT:SPLIT``, ...). Probabilities are ``sigmoid(logits)`` of the checkpoint's
 network on the evaluation transform (bicubic resize to the training size, backbone normalisation).
+A label is predicted when its probability reaches the threshold: one number for all classes, or
+``"tuned"``: the per-class thresholds tuned on validation F1 after training and stored in the checkpoint.
 """
 
 from __future__ import annotations
@@ -23,10 +25,15 @@ from torch.utils.data import DataLoader, Dataset
 
 from hst.config import ConfigError
 from hst.data.base import DataError, MultiLabelData
-from hst.engine.module import PartialLabelModule
+from hst.engine.module import DEFAULT_THRESHOLD, PartialLabelModule
+from hst.models.network import NetworkOutput
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 ON_ERROR_CHOICES = ("error", "skip")
+THRESHOLD_HELP = (
+    "a probability in [0, 1] for every class, 'tuned' (the per-class thresholds stored in the checkpoint) "
+    "or 'auto' (tuned when the checkpoint has them, else 0.5)"
+)
 
 PredictInput = str | Path | Sequence[str | Path] | MultiLabelData
 
@@ -45,15 +52,30 @@ class Predictions:
     """When set, the k most probable labels of each image are predicted regardless of ``threshold``."""
     skipped: list[tuple[str, str]] = field(default_factory=list)
     """(image, reason) of unreadable images left out under ``on_error='skip'``."""
+    thresholds: np.ndarray | None = None
+    """Per-class thresholds (C); when set they replace ``threshold``."""
 
     def __len__(self) -> int:
         return len(self.images)
+
+    def cutoffs(self) -> np.ndarray:
+        """The threshold of each class (C)."""
+        if self.thresholds is not None:
+            return np.asarray(self.thresholds, dtype=np.float64)
+        return np.full(len(self.class_names), float(self.threshold))
+
+    @property
+    def rule(self) -> str:
+        """How labels are chosen, for printing: ``top 3``, ``p ≥ 0.5`` or ``p ≥ tuned per-class threshold``."""
+        if self.top_k is not None:
+            return f"top {self.top_k}"
+        return "p ≥ tuned per-class threshold" if self.thresholds is not None else f"p ≥ {self.threshold:g}"
 
     def selected(self) -> np.ndarray:
         """N×C boolean matrix of predicted labels."""
         probs = self.probabilities
         if self.top_k is None:
-            return probs >= self.threshold
+            return probs >= self.cutoffs()[None, :]
         k = min(self.top_k, probs.shape[1])
         # A stable sort on -p keeps class order among equal probabilities.
         order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
@@ -66,7 +88,7 @@ class Predictions:
         probs = self.probabilities[index]
         order = np.argsort(-probs, kind="stable")
         if only_selected:
-            order = order[: self.top_k] if self.top_k is not None else order[probs[order] >= self.threshold]
+            order = order[: self.top_k] if self.top_k is not None else order[probs[order] >= self.cutoffs()[order]]
         return [(self.class_names[c], float(probs[c])) for c in order]
 
     def to_records(self, all_scores: bool = False) -> list[dict[str, object]]:
@@ -104,7 +126,7 @@ class Predictions:
 
     def table_lines(self, limit: int | None = 20, top: int = 3) -> list[str]:
         """A readable table: image, predicted labels with probabilities; the top few when none is predicted."""
-        rule = f"top {self.top_k}" if self.top_k is not None else f"p ≥ {self.threshold:g}"
+        rule = self.rule
         shown = range(len(self) if limit is None else min(limit, len(self)))
         width = max([len("image"), *(len(self.images[i]) for i in shown)])
         lines = [f"{'image':<{width}}  predicted labels ({rule})"]
@@ -236,31 +258,52 @@ def _progress(total: int, enabled: bool) -> Iterator[Callable[[int], None]]:
         yield lambda n: progress.advance(task, n)
 
 
-def predict_module(
+def resolve_threshold(threshold: float | str, module: PartialLabelModule) -> tuple[float, np.ndarray | None]:
+    """``(threshold for all classes, per-class thresholds or None)`` from a number or ``tuned`` / ``auto``."""
+    text = str(threshold).strip().lower()
+    if text in {"tuned", "auto"}:
+        if getattr(module, "thresholds_tuned", False):
+            return DEFAULT_THRESHOLD, np.asarray(module.decision_thresholds, dtype=np.float64)
+        if text == "tuned":
+            raise ConfigError(
+                "threshold 'tuned': this checkpoint holds no tuned thresholds (written before tuning existed or "
+                "by an interrupted run); pass a number such as 0.5"
+            )
+        return DEFAULT_THRESHOLD, None
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"threshold must be {THRESHOLD_HELP}; got {threshold!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise ConfigError(f"threshold is a probability in [0, 1], got {threshold}")
+    return value, None
+
+
+OutputFn = Callable[[NetworkOutput, list[int]], dict[str, torch.Tensor]]
+"""Maps a batch's network output and its dataset rows to named B×… tensors to collect."""
+
+
+def run_network(
     module: PartialLabelModule,
-    inputs: PredictInput,
+    data: MultiLabelData,
+    outputs: OutputFn,
     batch_size: int = 32,
-    threshold: float = 0.5,
-    top_k: int | None = None,
     on_error: str = "error",
     image_size: int | None = None,
     device: str = "cpu",
     num_workers: int = 0,
     progress: bool | None = None,
-) -> Predictions:
-    """Like :func:`predict`, with a module already loaded (see ``hst.engine.train.load_module``)."""
+) -> tuple[list[int], dict[str, np.ndarray], list[tuple[str, str]]]:
+    """Run the network over ``data`` on the evaluation transform; ``outputs`` picks what to keep per batch.
+
+    Returns (rows that were read, concatenated outputs in that row order, skipped (image, reason)).
+    """
     from hst.engine.data import build_transform
 
     if on_error not in ON_ERROR_CHOICES:
         raise ConfigError(f"on_error must be one of {', '.join(ON_ERROR_CHOICES)}, got {on_error!r}")
-    if not 0.0 <= threshold <= 1.0:
-        raise ConfigError(f"threshold is a probability in [0, 1], got {threshold}")
-    if top_k is not None and top_k < 1:
-        raise ConfigError(f"top_k must be at least 1, got {top_k}")
     if batch_size < 1:
         raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
-    class_names = list(module.class_names)
-    data = resolve_inputs(inputs, class_names)
     network = module.network
     size = image_size or module.config.data.image_size
     transform = build_transform(size, "none", network.backbone.mean, network.backbone.std)
@@ -268,10 +311,11 @@ def predict_module(
         _PredictDataset(data, transform), batch_size=batch_size, num_workers=num_workers, collate_fn=_collate
     )
     target = _device(device)
-    was_training = network.training
-    network.eval().to(target)
+    was_training = module.training
+    # The whole module moves: method heads (IST) are used on the same device by callers of outputs().
+    module.eval().to(target)
     rows: list[int] = []
-    chunks: list[np.ndarray] = []
+    chunks: dict[str, list[np.ndarray]] = {}
     skipped: list[tuple[str, str]] = []
     show = sys.stderr.isatty() if progress is None else progress
     try:
@@ -288,22 +332,51 @@ def predict_module(
                             good.append((index, tensor))
                     if good:
                         images = torch.stack([tensor for _, tensor in good]).to(target)
-                        logits = network(images).logits.float()
-                        chunks.append(torch.sigmoid(logits).cpu().numpy())
-                        rows.extend(index for index, _ in good)
+                        batch_rows = [index for index, _ in good]
+                        for key, value in outputs(network(images), batch_rows).items():
+                            chunks.setdefault(key, []).append(value.float().cpu().numpy())
+                        rows.extend(batch_rows)
                     advance(len(batch))
     finally:
-        network.train(was_training)
+        module.train(was_training)
     if not rows:
         raise DataError(f"{data.source}: none of the {len(data)} images could be read")
-    probabilities = np.concatenate(chunks).astype(np.float32)
+    return rows, {key: np.concatenate(parts) for key, parts in chunks.items()}, skipped
+
+
+def predict_module(
+    module: PartialLabelModule,
+    inputs: PredictInput,
+    batch_size: int = 32,
+    threshold: float | str = 0.5,
+    top_k: int | None = None,
+    on_error: str = "error",
+    image_size: int | None = None,
+    device: str = "cpu",
+    num_workers: int = 0,
+    progress: bool | None = None,
+) -> Predictions:
+    """Like :func:`predict`, with a module already loaded (see ``hst.engine.train.load_module``)."""
+    value, per_class = resolve_threshold(threshold, module)
+    if top_k is not None and top_k < 1:
+        raise ConfigError(f"top_k must be at least 1, got {top_k}")
+    class_names = list(module.class_names)
+    data = resolve_inputs(inputs, class_names)
+
+    def probabilities(output: NetworkOutput, rows: list[int]) -> dict[str, torch.Tensor]:
+        return {"probabilities": torch.sigmoid(output.logits.float())}
+
+    rows, collected, skipped = run_network(
+        module, data, probabilities, batch_size, on_error, image_size, device, num_workers, progress
+    )
     return Predictions(
         images=[data.image_ids[i] for i in rows],
         class_names=class_names,
-        probabilities=probabilities,
-        threshold=threshold,
+        probabilities=collected["probabilities"].astype(np.float32),
+        threshold=value,
         top_k=top_k,
         skipped=skipped,
+        thresholds=per_class,
     )
 
 
@@ -311,7 +384,7 @@ def predict(
     checkpoint: str | Path,
     inputs: PredictInput,
     batch_size: int = 32,
-    threshold: float = 0.5,
+    threshold: float | str = 0.5,
     top_k: int | None = None,
     on_error: str = "error",
     image_size: int | None = None,
@@ -321,8 +394,9 @@ def predict(
 ) -> Predictions:
     """Probabilities of ``inputs`` (image file, folder, list of paths or data spec) under ``checkpoint``.
 
-    ``threshold`` (a probability) or ``top_k`` decides the predicted labels; ``on_error='skip'`` leaves
-    unreadable images out and lists them in ``Predictions.skipped``. ``device='auto'`` picks CUDA when present.
+    ``threshold`` (a probability, ``"tuned"`` or ``"auto"``, see :data:`THRESHOLD_HELP`) or ``top_k`` decides
+    the predicted labels; ``on_error='skip'`` leaves unreadable images out and lists them in
+    ``Predictions.skipped``. ``device='auto'`` picks CUDA when present.
     """
     from hst.engine.train import load_module
 
@@ -341,4 +415,14 @@ def predict(
     )
 
 
-__all__ = ["IMAGE_SUFFIXES", "Predictions", "find_images", "predict", "predict_module", "resolve_inputs"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "THRESHOLD_HELP",
+    "Predictions",
+    "find_images",
+    "predict",
+    "predict_module",
+    "resolve_inputs",
+    "resolve_threshold",
+    "run_network",
+]

@@ -55,11 +55,14 @@ def known_and_cooccurrence_loss(
 def pseudo_label_logs(
     prefix: str, labels: torch.Tensor, pseudo: torch.Tensor, full_labels: torch.Tensor | None
 ) -> dict[str, float]:
-    """Count new pseudo positives and, where ground truth is at hand, how many are right."""
-    new = (labels == 0) & (pseudo > 0)
+    """Count new pseudo positives and, where ground truth is at hand, how many are right (precision =
+    correct / count) and how many withheld positives there were to find (recall = correct / possible)."""
+    unknown = labels == 0
+    new = unknown & (pseudo > 0)
     logs = {f"{prefix}_pseudo_count": float(new.sum())}
     if full_labels is not None:
         logs[f"{prefix}_pseudo_correct"] = float((new & (full_labels > 0)).sum())
+        logs[f"{prefix}_pseudo_possible"] = float((unknown & (full_labels > 0)).sum())
     return logs
 
 
@@ -69,7 +72,11 @@ class HST(Method):
 
     def __init__(self, config: MethodConfig, num_classes: int, feature_dim: int, num_train: int) -> None:
         super().__init__(config, num_classes, feature_dim, num_train)
-        self.ist_head = ISTHead(num_classes, feature_dim, feature_dim // 2, feature_dim) if config.use_ist else None
+        self.ist_head = (
+            ISTHead(num_classes, feature_dim, feature_dim // 2, feature_dim, kernel=config.ist_kernel)
+            if config.use_ist
+            else None
+        )
         learn = config.learn_thresholds
         self.intra_threshold = nn.Parameter(torch.tensor(float(config.intra_threshold)), requires_grad=learn)
         self.inter_threshold = nn.Parameter(torch.tensor(float(config.inter_threshold)), requires_grad=learn)
@@ -164,7 +171,7 @@ class HST(Method):
                 logs |= pseudo_label_logs("inter", labels, pseudo, ctx.full_labels)
 
         for key, value in logs.items():
-            if key.endswith(("_count", "_correct")):
+            if key.endswith(("_count", "_correct", "_possible")):
                 self._epoch_counts[key] = self._epoch_counts.get(key, 0.0) + value
         return LossOutput(loss, logs)
 

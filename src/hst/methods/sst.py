@@ -124,7 +124,11 @@ class SST(Method):
 
     def __init__(self, config: MethodConfig, num_classes: int, feature_dim: int, num_train: int) -> None:
         super().__init__(config, num_classes, feature_dim, num_train)
-        self.ist_head = ISTHead(num_classes, feature_dim, feature_dim // 2, feature_dim) if config.use_ist else None
+        self.ist_head = (
+            ISTHead(num_classes, feature_dim, feature_dim // 2, feature_dim, kernel=config.ist_kernel)
+            if config.use_ist
+            else None
+        )
         self.bank = FeatureBank(num_classes, config.sst_bank_size, feature_dim) if config.use_cst else None
         self._epoch_counts: dict[str, float] = {}
 
@@ -177,7 +181,7 @@ class SST(Method):
         if threshold is not None:
             logs["sst_threshold"] = threshold
         for key, value in logs.items():
-            if key.endswith(("_count", "_correct")):
+            if key.endswith(("_count", "_correct", "_possible")):
                 self._epoch_counts[key] = self._epoch_counts.get(key, 0.0) + value
         return LossOutput(loss, logs)
 
