@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from hst.config import ConfigError, resolve_config, save_config
+from hst.engine.config import TrainConfig
 
 
 @dataclass
@@ -53,3 +54,10 @@ def test_saved_config_reproduces(tmp_path: Path) -> None:
     config = resolve_config(Outer, None, ["data.name=class", "epochs=7"])
     save_config(config, tmp_path / "run" / "config.yaml")
     assert resolve_config(Outer, tmp_path / "run" / "config.yaml") == config
+
+
+def test_unknown_section_suggests_the_full_dotted_key() -> None:
+    with pytest.raises(ConfigError, match=r"'dat\.proportion'; did you mean 'data\.proportion'"):
+        resolve_config(TrainConfig, None, ["dat.proportion=0.3"])
+    with pytest.raises(ConfigError, match=r"'data\.proportion' is a value, not a section"):
+        resolve_config(TrainConfig, None, ["data.proportion.x=1"])

@@ -438,6 +438,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, DataError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except FloatingPointError as error:  # a non-finite loss: the message names the step and the checkpoint kept
+        print(f"error: {error}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

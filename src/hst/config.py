@@ -38,16 +38,29 @@ def valid_keys(schema: type) -> list[str]:
     return keys
 
 
+def _full_key(dotted: str, value: Any) -> str:
+    """Follow single-key nesting down to the leaf, so ``{dat: {proportion: 1}}`` reads ``dat.proportion``."""
+    while isinstance(value, dict) and len(value) == 1:
+        key, value = next(iter(value.items()))
+        dotted = f"{dotted}.{key}"
+    return dotted
+
+
 def _check_keys(schema: type, values: dict[str, Any], where: str, prefix: str = "") -> None:
     allowed = valid_keys(schema)
     for key, value in values.items():
         dotted = f"{prefix}{key}"
         if dotted not in allowed:
-            close = difflib.get_close_matches(dotted, allowed, n=1, cutoff=0.5)
+            full = _full_key(dotted, value)
+            close = difflib.get_close_matches(full, allowed, n=1, cutoff=0.5)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"{where}: unknown config key {dotted!r}{hint}")
-        if isinstance(value, dict) and any(k.startswith(dotted + ".") for k in allowed):
+            raise ConfigError(f"{where}: unknown config key {full!r}{hint}")
+        has_children = any(k.startswith(dotted + ".") for k in allowed)
+        if isinstance(value, dict) and has_children:
             _check_keys(schema, value, where, prefix=dotted + ".")
+        elif isinstance(value, dict):
+            sub = _full_key(dotted, value)
+            raise ConfigError(f"{where}: {dotted!r} is a value, not a section, so {sub!r} is not a config key")
 
 
 def _parse_override(text: str) -> tuple[str, Any]:

@@ -16,6 +16,51 @@ class DataError(ValueError):
     """Malformed or missing dataset input; the message names the file and line or field."""
 
 
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB version of ``image``; 16-bit and float grayscale are rescaled to 8 bits instead of being clipped."""
+    if image.mode.startswith("I;16") or image.mode == "I":
+        values = np.asarray(image, dtype=np.float64)
+        # "I" holds 16-bit files on some Pillow versions; 8-bit content is left as it is.
+        if image.mode != "I" or values.max(initial=0) > 255:
+            values = values / 257.0
+        image = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8))
+    elif image.mode == "F":
+        values = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0, posinf=255.0, neginf=0.0)
+        low, high = (values.min(), values.max()) if values.size else (0.0, 0.0)
+        if low >= 0.0 and high <= 1.0:
+            values = values * 255.0
+        elif high > 255.0:
+            values = values * (255.0 / high)
+        image = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8))
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def decode_image(path: Path, reduced: bool = False) -> Image.Image:
+    """Decode the whole file at ``path`` to RGB; ``reduced`` lets JPEGs decode at 1/8 scale (a fast full check)."""
+    with Image.open(path) as image:
+        if reduced:
+            image.draft("RGB", (max(image.width // 8, 1), max(image.height // 8, 1)))
+        image.load()
+        return to_rgb(image)
+
+
+def describe_image_error(error: BaseException) -> str:
+    """A one-line reason for a failed decode (the exception type is kept when the message is bare)."""
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def image_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be used as an image (missing, undecodable, truncated), or None if it decodes."""
+    try:
+        if not path.is_file():
+            return "not a regular file" if path.exists() else "file not found"
+        decode_image(path, reduced=True)
+    except Exception as error:  # any failure to decode makes the image unusable
+        return describe_image_error(error)
+    return None
+
+
 @dataclass(frozen=True)
 class _SubsetRenderer:
     """Renders row i of a subset as row mapping[i] of the parent (a class so DataLoader workers can pickle it)."""
@@ -57,9 +102,7 @@ class MultiLabelData:
         seen: dict[str, int] = {}
         for row, image_id in enumerate(self.image_ids):
             if image_id in seen:
-                raise DataError(
-                    f"{self.source}: duplicate image id {image_id!r} (rows {seen[image_id]} and {row})"
-                )
+                raise DataError(f"{self.source}: duplicate image id {image_id!r} (rows {seen[image_id]} and {row})")
             seen[image_id] = row
         duplicates = {name for name in self.class_names if self.class_names.count(name) > 1}
         if duplicates:
@@ -73,7 +116,7 @@ class MultiLabelData:
         return len(self.class_names)
 
     def load_image(self, index: int) -> Image.Image:
-        """Return image ``index`` as RGB (grayscale, CMYK, RGBA and palette images are converted)."""
+        """Return image ``index`` as RGB (grayscale, CMYK, RGBA, palette and 16-bit images are converted)."""
         if self.render is not None:
             return self.render(index).convert("RGB")
         assert self.image_paths is not None
@@ -81,11 +124,12 @@ class MultiLabelData:
         if not path.is_file():
             raise DataError(f"{self.source}: image file not found: {path} (image id {self.image_ids[index]!r})")
         try:
-            with Image.open(path) as image:
-                image.load()
-                return image.convert("RGB")
-        except (OSError, SyntaxError, ValueError) as error:
-            raise DataError(f"{self.source}: cannot read image {path}: {error}") from error
+            return decode_image(path)
+        except Exception as error:  # image plugins raise many types on malformed files
+            raise DataError(
+                f"{self.source}: cannot read image {path} (image id {self.image_ids[index]!r}): "
+                f"{describe_image_error(error)}"
+            ) from error
 
     def subset(self, indices: np.ndarray | list[int]) -> MultiLabelData:
         """A view with the rows ``indices`` (in that order); renderers keep their original indices."""

@@ -143,5 +143,9 @@ def load_dataset(spec: str) -> MultiLabelData:
     data = loader()
     data.source = spec
     if len(data) == 0:
-        raise DataError(f"data spec {spec!r}: the dataset is empty")
+        hint = ""
+        unannotated = data.info.get("images_without_annotations")
+        if isinstance(unannotated, int) and unannotated > 0:
+            hint = f" ({unannotated} images have no annotations; add ?keep_empty=true to keep them)"
+        raise DataError(f"data spec {spec!r}: the dataset is empty{hint}")
     return data

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning as L
@@ -12,12 +15,17 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from hst.data.base import DataError, MultiLabelData
+from hst.data.base import DataError, MultiLabelData, image_problem
 from hst.data.partial import make_partial, partial_stats
 from hst.data.spec import load_dataset
 from hst.engine.cache import CachedFeatureDataset, FeatureCache
 from hst.engine.config import DataConfig
 from hst.labels import UNKNOWN
+
+UNREADABLE_POLICIES = ("error", "skip")
+SKIP_HINT = "set data.unreadable_images=skip to leave unreadable images out"
+_LISTED_SKIPS = 20
+log = logging.getLogger(__name__)
 
 
 def build_transform(image_size: int, augment: str, mean: tuple[float, ...], std: tuple[float, ...]) -> v2.Compose:
@@ -47,17 +55,30 @@ def build_transform(image_size: int, augment: str, mean: tuple[float, ...], std:
 class ImageLabelDataset(Dataset):
     """Yields (row index, image tensor, training labels, evaluation labels) as in the published code."""
 
-    def __init__(self, data: MultiLabelData, labels: np.ndarray, eval_labels: np.ndarray, transform: v2.Compose):
+    def __init__(
+        self,
+        data: MultiLabelData,
+        labels: np.ndarray,
+        eval_labels: np.ndarray,
+        transform: v2.Compose,
+        hint: str = "",
+    ):
         self.data = data
         self.labels = torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int8))
         self.eval_labels = torch.from_numpy(np.ascontiguousarray(eval_labels, dtype=np.int8))
         self.transform = transform
+        self.hint = hint
 
     def __len__(self) -> int:
         return len(self.data)
 
     def __getitem__(self, index: int) -> tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]:
-        image: Image.Image = self.data.load_image(index)
+        try:
+            image: Image.Image = self.data.load_image(index)
+        except DataError as error:
+            if not self.hint:
+                raise
+            raise DataError(f"{error}; {self.hint}") from error
         return index, self.transform(image), self.labels[index], self.eval_labels[index]
 
 
@@ -75,6 +96,8 @@ class Splits:
     val_rows: np.ndarray | None = None
     test_source: MultiLabelData | None = None  # the data the test rows index (source or a separate test set)
     test_rows: np.ndarray | None = None
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    """(image file, reason) of every image left out under data.unreadable_images=skip."""
 
 
 def _split_indices(n: int, fractions: tuple[float, ...], seed: int) -> list[np.ndarray]:
@@ -89,22 +112,78 @@ def _split_indices(n: int, fractions: tuple[float, ...], seed: int) -> list[np.n
     return out
 
 
-def _check_readable(data: MultiLabelData, policy: str, notes: list[str]) -> MultiLabelData:
+def find_unreadable(paths: list[Path], workers: int | None = None) -> list[tuple[int, str]]:
+    """(index, reason) of every path that is missing or does not decode (JPEGs are decoded at 1/8 scale)."""
+    workers = workers or min(8, os.cpu_count() or 1)
+    if workers <= 1 or len(paths) < 64:
+        problems = [image_problem(path) for path in paths]
+    else:
+        # Decoders release the GIL, so threads share the work without pickling anything.
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            problems = list(pool.map(image_problem, paths, chunksize=32))
+    return [(index, problem) for index, problem in enumerate(problems) if problem is not None]
+
+
+def _check_readable(
+    data: MultiLabelData, policy: str, notes: list[str], skipped: list[tuple[str, str]]
+) -> MultiLabelData:
+    """'error': every image file must exist (decoding errors name the file when it is read).
+    'skip': drop missing and undecodable images, recording them in ``skipped`` and ``notes``."""
+    if policy not in UNREADABLE_POLICIES:
+        raise ValueError(f"data.unreadable_images must be 'error' or 'skip', got {policy!r}")
     if data.image_paths is None:
         return data
-    if policy not in {"error", "skip"}:
-        raise ValueError(f"data.unreadable_images must be 'error' or 'skip', got {policy!r}")
-    bad: list[int] = []
-    for index, path in enumerate(data.image_paths):
-        if not path.is_file():
-            if policy == "error":
-                raise DataError(f"{data.source}: image file not found: {path} (image id {data.image_ids[index]!r})")
-            bad.append(index)
-    if bad:
-        notes.append(f"skipped {len(bad)} missing images of {data.source}")
-        keep = np.setdiff1d(np.arange(len(data)), bad)
-        data = data.subset(keep)
-    return data
+    paths = data.image_paths
+    if policy == "error":
+        for index, path in enumerate(paths):
+            if not path.is_file():
+                raise DataError(
+                    f"{data.source}: image file not found: {path} (image id {data.image_ids[index]!r}); {SKIP_HINT}"
+                )
+        return data
+    bad = find_unreadable(paths)
+    if not bad:
+        return data
+    found = [(str(paths[index]), reason) for index, reason in bad]
+    skipped.extend(found)
+    notes.append(f"skipped {len(bad)} of {len(data)} images of {data.source} (unreadable):")
+    notes.extend(f"  {path}: {reason}" for path, reason in found[:_LISTED_SKIPS])
+    if len(found) > _LISTED_SKIPS:
+        notes.append(f"  ... and {len(found) - _LISTED_SKIPS} more")
+    log.warning("skipped %d unreadable images of %s, e.g. %s: %s", len(bad), data.source, *found[0])
+    if len(bad) == len(data):
+        raise DataError(f"{data.source}: all {len(data)} images are unreadable (first: {found[0][0]}: {found[0][1]})")
+    keep = np.setdiff1d(np.arange(len(data)), [index for index, _ in bad])
+    return data.subset(keep)
+
+
+def _partial_labels(path: Path, source: MultiLabelData, train_spec: str, notes: list[str]) -> np.ndarray:
+    """Rows of a partial-label CSV manifest, reordered to the training source's images."""
+    from hst.data.readers import read_csv_manifest
+
+    given = read_csv_manifest(path)
+    if given.class_names != source.class_names:
+        missing = [name for name in source.class_names if name not in given.class_names]
+        extra = [name for name in given.class_names if name not in source.class_names]
+        if missing or extra:
+            detail = f"missing {missing[:5]}, unknown {extra[:5]}"
+        else:
+            detail = "same names in another order"
+        raise DataError(
+            f"{path}, line 1: {len(given.class_names)} class columns do not match the "
+            f"{len(source.class_names)} classes of {train_spec} ({detail})"
+        )
+    row_of = {image_id: row for row, image_id in enumerate(given.image_ids)}
+    missing_rows = [i for i in source.image_ids if i not in row_of]
+    if missing_rows:
+        raise DataError(
+            f"{path}: no row for {len(missing_rows)} images of {train_spec}, e.g. {missing_rows[:3]} "
+            "(the image column must hold the training source's image ids)"
+        )
+    unused = len(given) - len(source)
+    if unused:
+        notes.append(f"{unused} rows of {path} are not images of the training source; ignored")
+    return given.labels[[row_of[i] for i in source.image_ids]]
 
 
 def prepare_splits(config: DataConfig) -> Splits:
@@ -114,19 +193,11 @@ def prepare_splits(config: DataConfig) -> Splits:
     partial-label files), then the validation split is carved from it, seeded.
     """
     notes: list[str] = []
-    source = _check_readable(load_dataset(config.train), config.unreadable_images, notes)
+    skipped: list[tuple[str, str]] = []
+    source = _check_readable(load_dataset(config.train), config.unreadable_images, notes, skipped)
     full = source.labels
     if config.partial_labels:
-        from hst.data.readers import read_csv_manifest
-
-        given = read_csv_manifest(Path(config.partial_labels))
-        if given.class_names != source.class_names:
-            raise DataError(f"{config.partial_labels}: class columns differ from {config.train}")
-        row_of = {image_id: row for row, image_id in enumerate(given.image_ids)}
-        missing = [i for i in source.image_ids if i not in row_of]
-        if missing:
-            raise DataError(f"{config.partial_labels}: no row for images {missing[:3]} of {config.train}")
-        partial = given.labels[[row_of[i] for i in source.image_ids]]
+        partial = _partial_labels(Path(config.partial_labels), source, config.train, notes)
     elif config.proportion >= 1.0 and config.scheme != "single-positive":
         partial = full.copy()
     else:
@@ -140,7 +211,7 @@ def prepare_splits(config: DataConfig) -> Splits:
         test_source, test_rows = source, test_idx
     else:
         val_idx, train_idx = _split_indices(len(source), (config.val_fraction,), config.split_seed)
-        test = _check_readable(load_dataset(config.test), config.unreadable_images, notes)
+        test = _check_readable(load_dataset(config.test), config.unreadable_images, notes, skipped)
         test_source, test_rows = test, np.arange(len(test))
         if test.class_names != source.class_names:
             raise DataError(f"{config.test}: classes differ from the training source {config.train}")
@@ -165,6 +236,7 @@ def prepare_splits(config: DataConfig) -> Splits:
         val_rows=val_idx,
         test_source=test_source,
         test_rows=test_rows,
+        skipped=skipped,
     )
 
 
@@ -216,7 +288,8 @@ class PartialLabelDataModule(L.LightningDataModule):
         data = {"train": s.train, "val": s.val, "test": s.test}[part]
         if self.caches is None:
             transform = self.train_transform if augment else self.eval_transform
-            return ImageLabelDataset(data, labels, eval_labels, transform)
+            hint = SKIP_HINT if self.config.unreadable_images == "error" else ""
+            return ImageLabelDataset(data, labels, eval_labels, transform, hint=hint)
         cache = self.caches[1] if part == "test" else self.caches[0]
         rows = {"train": s.train_rows, "val": s.val_rows, "test": s.test_rows}[part]
         return CachedFeatureDataset(cache, labels, eval_labels, rows=rows)

@@ -60,6 +60,8 @@ def load_json(path: Path, what: str) -> object:
         return json.loads(text)
     except json.JSONDecodeError as error:
         raise DataError(f"{at(path, error.lineno, error.colno)}: invalid JSON in {what}: {error.msg}") from error
+    except RecursionError as error:
+        raise DataError(f"{path}: {what} is nested too deeply to parse") from error
 
 
 def resolve_image(base: Path, cell: str) -> Path:

@@ -40,13 +40,14 @@ def _bad_annotation(
         where = f"annotations[{index}] (id {annotation.get('id', '?')})"
         image_id = _field(annotation, "image_id", where, path)
         category_id = _field(annotation, "category_id", where, path)
-        try:
-            if category_id not in col_of:
-                return DataError(f"{path}: {where}: unknown category_id {category_id!r}")
-            if image_id not in row_of:
-                return DataError(f"{path}: {where}: unknown image_id {image_id!r}")
-        except TypeError:
-            return DataError(f"{path}: {where}: image_id and category_id must be integers")
+        if not _is_int(image_id) or not _is_int(category_id):
+            return DataError(
+                f"{path}: {where}: image_id and category_id must be integers, got {image_id!r} and {category_id!r}"
+            )
+        if category_id not in col_of:
+            return DataError(f"{path}: {where}: unknown category_id {category_id!r}")
+        if image_id not in row_of:
+            return DataError(f"{path}: {where}: unknown image_id {image_id!r}")
     return DataError(f"{path}: malformed annotations")
 
 
@@ -96,8 +97,12 @@ def read_coco(images_dir: Path, annotations: Path, keep_empty: bool = False) -> 
     try:
         rows = [row_of[annotation["image_id"]] for annotation in objects]
         cols = [col_of[annotation["category_id"]] for annotation in objects]
+        # True and 1.0 hash like 1, so the lookups alone would accept them as id 1.
+        exact = all(type(a["image_id"]) is int and type(a["category_id"]) is int for a in objects)
     except (KeyError, TypeError):
         raise _bad_annotation(objects, row_of, col_of, annotations) from None
+    if not exact:
+        raise _bad_annotation(objects, row_of, col_of, annotations)
 
     labels = positives_matrix(len(ordered_ids), len(class_names), rows, cols)
     annotated = np.zeros(len(ordered_ids), dtype=bool)

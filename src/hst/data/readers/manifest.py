@@ -19,6 +19,15 @@ from hst.labels import LABEL_DTYPE, NEGATIVE, POSITIVE
 _CELL = {"1": POSITIVE, "-1": NEGATIVE, "0": 0, "": 0}
 
 
+def _same_file(files: dict[str, tuple[str, int]], image: str, path: Path, line: int) -> None:
+    """Reject a second spelling of an image already listed (``a.jpg`` and ``./a.jpg``)."""
+    key = os.path.normpath(resolve_image(path.parent, image))
+    if key in files:
+        other, other_line = files[key]
+        raise DataError(f"{at(path, line)}: image {image!r} is the file {other!r} already listed on line {other_line}")
+    files[key] = (image, line)
+
+
 def read_csv_manifest(path: Path) -> MultiLabelData:
     """Header ``image,<class names...>``; cells 1, -1, 0 or empty (unknown)."""
     path = Path(path)
@@ -48,6 +57,7 @@ def read_csv_manifest(path: Path) -> MultiLabelData:
         image_ids: list[str] = []
         rows: list[list[int]] = []
         seen: dict[str, int] = {}
+        files: dict[str, tuple[str, int]] = {}
         for cells in reader:
             line = reader.line_num
             if not cells or (len(cells) == 1 and not cells[0].strip()):
@@ -62,6 +72,7 @@ def read_csv_manifest(path: Path) -> MultiLabelData:
             if image in seen:
                 raise DataError(f"{at(path, line)}: image {image!r} is already listed on line {seen[image]}")
             seen[image] = line
+            _same_file(files, image, path, line)
             try:
                 rows.append([_CELL[cell.strip()] for cell in cells[1:]])
             except KeyError:
@@ -109,6 +120,7 @@ def read_jsonl_manifest(path: Path, class_names: list[str] | None = None) -> Mul
     declared_line = 0
     records: list[tuple[int, str, list[str], list[str]]] = []
     seen: dict[str, int] = {}
+    files: dict[str, tuple[str, int]] = {}
     # Split on "\n" only: JSON strings may hold other Unicode line breaks.
     for line, raw in enumerate(text.split("\n"), start=1):
         if not raw.strip():
@@ -117,6 +129,8 @@ def read_jsonl_manifest(path: Path, class_names: list[str] | None = None) -> Mul
             record = json.loads(raw)
         except json.JSONDecodeError as error:
             raise DataError(f"{at(path, line, error.colno)}: invalid JSON: {error.msg}") from error
+        except RecursionError as error:
+            raise DataError(f"{at(path, line)}: JSON nested too deeply to parse") from error
         if not isinstance(record, dict):
             raise DataError(f"{at(path, line)}: expected a JSON object, got {type(record).__name__}")
         if "classes" in record and "image" not in record:
@@ -142,6 +156,7 @@ def read_jsonl_manifest(path: Path, class_names: list[str] | None = None) -> Mul
         if image in seen:
             raise DataError(f"{at(path, line)}: image {image!r} is already listed on line {seen[image]}")
         seen[image] = line
+        _same_file(files, image, path, line)
         records.append((line, image, positive, negative))
 
     if class_names is not None:

@@ -19,6 +19,8 @@ def read_class_list(path: Path) -> list[str]:
             names = json.loads(text)
         except json.JSONDecodeError as error:
             raise DataError(f"{at(path, error.lineno, error.colno)}: invalid JSON: {error.msg}") from error
+        except RecursionError as error:
+            raise DataError(f"{path}: JSON nested too deeply to parse") from error
         if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
             raise DataError(f"{path}: expected a JSON list of class name strings")
         names = [name.strip() for name in names]
@@ -44,6 +46,8 @@ def read_vg(images_dir: Path, list_file: Path, labels_json: Path, classes_file: 
             continue
         if name in first:
             raise DataError(f"{at(list_file, line)}: image {name!r} is already listed on line {first[name]}")
+        if not PurePosixPath(name).name:
+            raise DataError(f"{at(list_file, line)}: {name!r} is not an image file name")
         first[name] = line
         entries.append((line, name))
 
@@ -65,8 +69,16 @@ def read_vg(images_dir: Path, list_file: Path, labels_json: Path, classes_file: 
                 )
             rows.append(row)
             cols.append(index)
+    image_ids = [str(PurePosixPath(name).with_suffix("")) for _, name in entries]
+    owner: dict[str, int] = {}
+    for (line, name), image_id in zip(entries, image_ids, strict=True):
+        if image_id in owner:
+            raise DataError(
+                f"{at(list_file, line)}: image {name!r} has the id {image_id!r} of the image on line {owner[image_id]}"
+            )
+        owner[image_id] = line
     return MultiLabelData(
-        image_ids=[str(PurePosixPath(name).with_suffix("")) for _, name in entries],
+        image_ids=image_ids,
         labels=positives_matrix(len(entries), num_classes, rows, cols),
         class_names=class_names,
         image_paths=[images_dir / name for _, name in entries],

@@ -49,6 +49,9 @@ def _objects(xml_path: Path, split_file: Path, line: int) -> list[tuple[int, boo
         raise DataError(f"{at(xml_path, row, column)}: malformed XML: {error}") from error
     except OSError as error:
         raise DataError(f"{xml_path}: cannot read annotation file: {error}") from error
+    except (LookupError, ValueError) as error:
+        # The XML declaration names an unknown or multi-byte encoding that the parser cannot use.
+        raise DataError(f"{xml_path}: malformed XML: {error}") from error
     found: list[tuple[int, bool]] = []
     for number, element in enumerate(root.findall("object"), start=1):
         name = (element.findtext("name") or "").strip()

@@ -22,6 +22,8 @@ def read_yolo_class_names(path: Path) -> list[str]:
         mark = getattr(error, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
         raise DataError(f"{at(path, line)}: invalid YAML: {error}") from error
+    except RecursionError as error:
+        raise DataError(f"{path}: YAML nested too deeply to parse") from error
     if not isinstance(document, dict) or "names" not in document:
         raise DataError(f"{path}: field 'names' missing (expected names: {{0: person, 1: bicycle, ...}})")
     raw = document["names"]
@@ -31,7 +33,8 @@ def read_yolo_class_names(path: Path) -> list[str]:
         by_index: dict[int, object] = {}
         for key, value in raw.items():
             index = key if isinstance(key, int) and not isinstance(key, bool) else None
-            if isinstance(key, str) and key.strip().isdigit():
+            # isdecimal, not isdigit: int() rejects superscript digits such as '²'.
+            if isinstance(key, str) and key.strip().isdecimal():
                 index = int(key)
             if index is None:
                 raise DataError(f"{path}: field 'names': key {key!r} is not a class index")
