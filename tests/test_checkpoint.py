@@ -105,11 +105,12 @@ def test_thresholds_are_the_f1_optimum_on_validation(run: tuple[Path, TrainConfi
     images = torch.stack([dataset[i][1] for i in range(len(dataset))])
     with torch.no_grad():
         probs = torch.sigmoid(module(images).double()).numpy()
-    tuning = tune_thresholds(probs, splits.val.labels)
+    minimum = config.trainer.threshold_min_positives
+    tuning = tune_thresholds(probs, splits.val.labels, min_positives=minimum)
     np.testing.assert_allclose(saved, tuning.thresholds, atol=1e-5)
     untuned = [name for name, entry in table["classes"].items() if not entry["tuned"]]
-    has_positive = (splits.val.labels > 0).any(axis=0)
-    assert untuned == [n for n, h in zip(module.class_names, has_positive, strict=True) if not h]
+    enough = (splits.val.labels > 0).sum(axis=0) >= minimum
+    assert untuned == [n for n, h in zip(module.class_names, enough, strict=True) if not h]
     assert all(table["classes"][name]["threshold"] == 0.5 for name in untuned)
     assert module.thresholds_tuned and module.decision_thresholds == saved
 
@@ -147,6 +148,10 @@ def test_tuning_picks_the_f1_optimal_threshold_by_hand() -> None:
     # Class 3: only positives known: keep them all, threshold at the lowest probability.
     assert tuning.thresholds[3] == pytest.approx(0.2) and tuning.f1[3] == 1.0
     assert tuning.positives.tolist() == [3, 0, 1, 2] and tuning.known.tolist() == [5, 5, 3, 2]
+    # Too few known positives to fit a threshold: classes 2 (one) and 3 (two) keep the default.
+    guarded = tune_thresholds(probs, labels, min_positives=3)
+    assert guarded.tuned.tolist() == [True, False, False, False]
+    assert guarded.thresholds[0] == pytest.approx(0.45) and guarded.thresholds[2:].tolist() == [0.5, 0.5]
 
     # On random data no threshold on a fine grid beats the tuned one.
     rng = np.random.default_rng(0)

@@ -126,10 +126,16 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from hst.engine.config import TrainConfig
-    from hst.engine.train import train
+    from hst.engine.train import resume_training, train
 
-    config = resolve_config(TrainConfig, args.config, args.overrides)
-    result = train(config)
+    if args.resume:
+        if args.config:
+            raise ConfigError("--resume continues a run with its own saved config.yaml; leave out --config")
+        result = resume_training(Path(args.resume), args.overrides)
+    else:
+        result = train(resolve_config(TrainConfig, args.config, args.overrides))
+    if result.rank != 0:  # under DDP only the main process reports
+        return 0
     print()
     print(f"run folder: {result.run_dir}")
     for line in result.summary_lines:
@@ -335,6 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
     train = verb(verbs, "train", "train a method (HST by default) and test the checkpoint chosen on validation",
                  cmd_train)
     train.add_argument("--config", default=None, help="YAML config file (e.g. configs/paper/voc2007.yaml)")
+    train.add_argument("--resume", default=None, metavar="RUN_DIR",
+                       help="continue an interrupted run exactly from its last checkpoint (same folder, same "
+                            "config; overrides such as trainer.epochs=30 extend it)")
     train.add_argument("overrides", nargs="*", metavar="key=value",
                        help="e.g. data.proportion=0.5 method.name=partial_bce trainer.epochs=20")
 

@@ -116,12 +116,20 @@ class OptimConfig:
 @dataclass
 class TrainerConfig:
     epochs: int = 8
+    threshold_min_positives: int = 3
+    """Per-class decision thresholds are tuned (best F1 on validation) only for classes with at least this many
+    known validation positives; the others keep 0.5."""
     seed: int = 0
     accelerator: str = "auto"
     devices: int = 1
+    """Processes (one per device) per node; data parallel (DDP) when devices × num_nodes > 1."""
     num_nodes: int = 1
     strategy: str = "auto"
+    """'auto' / 'ddp': DDP when several processes train (see docs/distributed.md); spawn strategies are refused."""
     precision: str = "32-true"
+    """'32-true', 'bf16-mixed' or '16-mixed' (mixed precision falls back to 32-true on CPU-only machines)."""
+    sync_batchnorm: bool = False
+    """Under DDP, BatchNorm statistics over the global batch instead of each process's share."""
     deterministic: bool = True
     select_on: str = "val"
     """'val' selects the best checkpoint on the validation split; 'test' only for published-protocol parity."""
@@ -129,7 +137,7 @@ class TrainerConfig:
     run_name: str = ""
     """Run folder name under output_dir; empty = <method>-<time stamp>."""
     save_last: bool = True
-    """Also keep the last epoch's checkpoint (needed to resume); the best one is always kept."""
+    """Also keep the last epoch's checkpoint (and the one before, last.ckpt.prev; needed to resume)."""
     progress_bar: bool = True
     log_every_n_steps: int = 10
     limit_train_batches: float = 1.0

@@ -10,9 +10,11 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 
 from hst.engine.config import TrainConfig
 from hst.methods import StepContext, create
+from hst.methods.base import TorchDistributed
 from hst.metrics import evaluate
 from hst.models.network import NetworkOutput, PartialLabelNetwork, build_network
 
@@ -61,7 +63,7 @@ class PartialLabelModule(L.LightningModule):
             raise ValueError(
                 f"method {config.method.name!r} needs per-class semantic features; use model.head=sarl"
             )
-        self._outputs: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {"val": [], "test": []}
+        self._outputs: dict[str, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {"val": [], "test": []}
         self.last_metrics: dict[str, dict[str, Any]] = {}
         self.last_scores: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         """Per stage, the logits and evaluation labels of the last evaluation epoch."""
@@ -82,9 +84,29 @@ class PartialLabelModule(L.LightningModule):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self._network(images).logits
 
+    # ---- data parallelism -----------------------------------------------------------------------
+    @property
+    def world_size(self) -> int:
+        return self.method.collective.world_size
+
+    def setup(self, stage: str) -> None:
+        if self._trainer is not None and self.trainer.world_size > 1:
+            self.method.collective = TorchDistributed(self.trainer.strategy.root_device)
+
     # ---- training -------------------------------------------------------------------------------
     def _feature_source(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         loader = self.trainer.datamodule.features_dataloader()  # type: ignore[attr-defined]
+        group = self.method.collective
+        if group.world_size > 1:
+            # Each process extracts every world_size-th row; the method gathers what it needs.
+            rows = list(range(group.rank, len(loader.dataset), group.world_size))  # type: ignore[arg-type]
+            loader = DataLoader(
+                loader.dataset,
+                batch_size=loader.batch_size,
+                sampler=rows,
+                num_workers=loader.num_workers,
+                collate_fn=loader.collate_fn,
+            )
         was_training = self.network.training
         self.network.eval()
         try:
@@ -111,25 +133,41 @@ class PartialLabelModule(L.LightningModule):
             full_labels=full_labels,
         )
         result = self.method.training_loss(output, labels, ctx)
-        if not torch.isfinite(result.loss):
-            raise FloatingPointError(
-                f"non-finite training loss at epoch {self.current_epoch}, step {self.global_step}: "
-                f"{float(result.loss)}; parts {result.logs}"
-            )
-        self.log("train/loss", result.loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(images))
+        self._check_finite(result.loss, result.logs)
+        # Under data parallelism the logged training values are means over all processes.
+        options: dict[str, Any] = {"batch_size": len(images), "sync_dist": self.world_size > 1}
+        self.log("train/loss", result.loss, on_step=True, on_epoch=True, prog_bar=True, **options)
         for key, value in result.logs.items():
-            self.log(f"train/{key}", value, on_step=False, on_epoch=True, batch_size=len(images))
+            self.log(f"train/{key}", value, on_step=False, on_epoch=True, **options)
         return result.loss
 
+    def _check_finite(self, loss: torch.Tensor, parts: dict[str, float]) -> None:
+        """Stop on a NaN/inf loss, naming the step; under data parallelism every process stops together."""
+        finite = bool(torch.isfinite(loss.detach()))
+        where = f"epoch {self.current_epoch}, step {self.global_step}"
+        if self.world_size > 1:
+            # A process stopping alone would leave the others waiting forever in the gradient all-reduce.
+            failed = float(self.method.collective.sum(torch.tensor([0.0 if finite else 1.0], device=self.device)))
+            if finite and failed > 0:
+                raise FloatingPointError(f"non-finite training loss on another process at {where}")
+        if not finite:
+            raise FloatingPointError(f"non-finite training loss at {where}: {float(loss)}; parts {parts}")
+
     def on_train_epoch_end(self) -> None:
-        for key, value in self.method.on_train_epoch_end(self.current_epoch).items():
+        logs = dict(self.method.on_train_epoch_end(self.current_epoch))
+        sums = sorted(key for key in logs if key.startswith("epoch_"))
+        if self.world_size > 1 and sums:
+            # Per-epoch counts are sums over this process's batches: add the other processes' shares.
+            local = torch.tensor([float(logs[key]) for key in sums], dtype=torch.float64, device=self.device)
+            logs |= dict(zip(sums, self.method.collective.sum(local).tolist(), strict=True))
+        for key, value in logs.items():
             self.log(f"method/{key}", float(value), on_epoch=True, on_step=False)
 
     # ---- evaluation -----------------------------------------------------------------------------
     def _eval_step(self, stage: str, batch: tuple[torch.Tensor, ...]) -> None:
-        _, images, _, eval_labels = batch
+        indices, images, _, eval_labels = batch
         logits = self._network(images).logits
-        self._outputs[stage].append((logits.detach().float().cpu(), eval_labels.cpu()))
+        self._outputs[stage].append((indices.cpu(), logits.detach().float().cpu(), eval_labels.cpu()))
 
     def validation_step(self, batch: tuple[torch.Tensor, ...], batch_index: int) -> None:
         self._eval_step("val", batch)
@@ -137,15 +175,37 @@ class PartialLabelModule(L.LightningModule):
     def test_step(self, batch: tuple[torch.Tensor, ...], batch_index: int) -> None:
         self._eval_step("test", batch)
 
+    def _gather_outputs(
+        self, outputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Logits and labels of the whole evaluation set, each row once, in dataset order."""
+        num_classes = len(self.class_names)
+        if outputs:
+            indices = torch.cat([o[0] for o in outputs]).long()
+            scores, labels = torch.cat([o[1] for o in outputs]), torch.cat([o[2] for o in outputs])
+        else:
+            indices = torch.zeros(0, dtype=torch.long)
+            scores, labels = torch.zeros(0, num_classes), torch.zeros(0, num_classes, dtype=torch.int8)
+        if self.world_size == 1:
+            return (scores, labels) if outputs else None
+        group = self.method.collective
+        indices, scores, labels = group.gather_rows(indices), group.gather_rows(scores), group.gather_rows(labels)
+        # The distributed sampler pads the shares with repeated rows: keep each row once, in row order.
+        order = torch.argsort(indices, stable=True)
+        indices, scores, labels = indices[order], scores[order], labels[order]
+        first = torch.ones_like(indices, dtype=torch.bool)
+        first[1:] = indices[1:] != indices[:-1]
+        return (scores[first], labels[first]) if bool(first.any()) else None
+
     def _eval_epoch_end(self, stage: str) -> None:
         outputs = self._outputs[stage]
         self._outputs[stage] = []
-        if not outputs:
-            return
-        scores = torch.cat([o[0] for o in outputs]).numpy()
-        labels = torch.cat([o[1] for o in outputs]).numpy()
         if self.trainer.sanity_checking:
             return
+        gathered = self._gather_outputs(outputs)
+        if gathered is None:
+            return
+        scores, labels = gathered[0].numpy(), gathered[1].numpy()
         self.last_scores[stage] = (scores, labels)
         with warnings.catch_warnings():
             # Small validation splits may miss rare classes; they are left out of mAP on purpose.
@@ -155,6 +215,26 @@ class PartialLabelModule(L.LightningModule):
         self.log(f"{stage}/mAP", result.mAP, prog_bar=True)
         self.log(f"{stage}/OF1", result.OF1)
         self.log(f"{stage}/CF1", result.CF1)
+
+    def _share_buffers(self) -> None:
+        """Under data parallelism, rank 0's buffers on every process before evaluating.
+
+        Each process updates its BatchNorm statistics with its own share of a training batch; rank 0's are
+        the ones a checkpoint keeps. Whether DDP re-sends them depends on how Lightning routes the
+        evaluation step, so they are sent here explicitly.
+        """
+        if self.world_size == 1:
+            return
+        group = self.method.collective
+        with torch.no_grad():
+            for buffer in self.buffers():
+                buffer.copy_(group.broadcast(buffer))
+
+    def on_validation_epoch_start(self) -> None:
+        self._share_buffers()
+
+    def on_test_epoch_start(self) -> None:
+        self._share_buffers()
 
     def on_validation_epoch_end(self) -> None:
         self._eval_epoch_end("val")

@@ -1,12 +1,25 @@
-"""``hst train`` and ``hst evaluate``: Lightning fit / validate / test with saved config and logs."""
+"""``hst train`` and ``hst evaluate``: Lightning fit / validate / test with saved config and logs.
+
+Fault tolerance: checkpoints are written atomically (temporary file, fsync, rename) and the previous
+``last.ckpt`` is kept as ``last.ckpt.prev``; :func:`resume_training` continues a run in its own folder
+from the last good end-of-epoch checkpoint, restoring everything the next epoch depends on (weights,
+optimizer, scheduler, loop counters, method state, the RNG streams and the shuffling generator), so a
+resumed run ends bit for bit where an uninterrupted one would. A run stopped mid-epoch repeats that epoch
+from its start. Data parallelism: see ``docs/distributed.md``.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import json
 import logging
 import os
+import random
+import signal
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,15 +27,32 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+import torch.distributed as dist
+from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from torch.utils.data import DataLoader
 
-from hst.config import config_to_dict, save_config
+from hst.config import config_to_dict, resolve_config, save_config
 from hst.engine.cache import FeatureCache, extract_features
 from hst.engine.config import TrainConfig
 from hst.engine.data import PartialLabelDataModule, Splits, describe_splits, prepare_splits
-from hst.engine.module import DEFAULT_THRESHOLD, PartialLabelModule
+from hst.engine.module import DEFAULT_THRESHOLD, PartialLabelModule, plain
 from hst.methods import apply_model_preset
+
+log = logging.getLogger(__name__)
+
+LAST_CHECKPOINT = "last.ckpt"
+PREVIOUS_CHECKPOINT = "last.ckpt.prev"
+"""The ``last.ckpt`` before the newest one; the fallback when the newest does not load."""
+DAMAGED_CHECKPOINT = "last.ckpt.damaged"
+"""Where a resumed run moves a ``last.ckpt`` that did not load."""
+RUN_DIR_ENV = "HST_RUN_DIR"
+"""Set by rank 0 for the processes Lightning starts for ``trainer.devices > 1``: they write to its run folder."""
+KILL_AT_STEP_ENV = "HST_FAULT_KILL_AT_STEP"
+"""Fault-injection hook for resume tests: SIGKILL the training process when it reaches this global step."""
+SPAWNING_STRATEGIES = ("ddp_spawn", "ddp_fork", "ddp_notebook", "spawn", "fork")
 
 
 @dataclass
@@ -32,6 +62,8 @@ class RunResult:
     test_metrics: dict[str, Any]
     val_metrics: dict[str, Any]
     summary_lines: list[str]
+    rank: int = 0
+    """Global rank of this process; under data parallelism only rank 0 writes the run's files and reports."""
 
 
 def _quiet_lightning() -> None:
@@ -44,14 +76,41 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*callbacks used to create the checkpoint.*")
     # Frozen backbone stages are in eval mode on purpose (BatchNorm keeps ImageNet statistics).
     warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
+    # Evaluation gathers every process's rows and drops the sampler's padding; epoch values are already global.
+    warnings.filterwarnings("ignore", message=".*evaluated exactly once.*")
+    warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
+    warnings.filterwarnings("ignore", message=".*find_unused_parameters=True.*")
+    # A resumed run writes into its own folder on purpose; its CSV rows are carried over (see _restore_csv).
+    warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
         lambda record: "litlogger" not in record.getMessage() and "limit_train_batches=1.0" not in record.getMessage()
     )
     os.environ.setdefault("PL_DISABLE_FORK", "1")
 
 
+def _launched_externally(config: TrainConfig) -> bool:
+    """True when several processes are started by something else (torchrun, SLURM, one command per node)."""
+    slurm = SLURMEnvironment.detect() and int(os.environ.get("SLURM_NTASKS", "1")) > 1
+    return TorchElasticEnvironment.detect() or slurm or config.trainer.num_nodes > 1
+
+
 def _run_dir(config: TrainConfig) -> Path:
-    name = config.trainer.run_name or f"{config.method.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    inherited = os.environ.get(RUN_DIR_ENV)
+    if inherited and os.environ.get("LOCAL_RANK", "0") != "0":
+        return Path(inherited)  # a process Lightning started for rank 0's run
+    name = config.trainer.run_name
+    if _launched_externally(config):
+        # Processes started apart cannot agree on a time stamp or on a free folder name: the name is given.
+        if not name:
+            raise ValueError(
+                "set trainer.run_name when training runs in several separately started processes "
+                "(torchrun, SLURM, trainer.num_nodes > 1), so that they all write to the same run folder"
+            )
+        path = Path(config.trainer.output_dir) / name
+        if any((path / "checkpoints").glob("*.ckpt")):
+            raise ValueError(f"{path} already holds a run; continue it with --resume {path} or pick another run_name")
+        return path
+    name = name or f"{config.method.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     base = Path(config.trainer.output_dir) / name
     # Never write into an earlier run's folder: its checkpoints and logs stay as they were.
     candidate, number = base, 1
@@ -61,12 +120,300 @@ def _run_dir(config: TrainConfig) -> Path:
     return candidate
 
 
-def _trainer(config: TrainConfig, run_dir: Path, callbacks: list[L.Callback], log: bool = True) -> L.Trainer:
+def _processes(config: TrainConfig) -> int:
+    t = config.trainer
+    devices = t.devices if isinstance(t.devices, int) and t.devices > 0 else 1
+    return devices * max(t.num_nodes, 1)
+
+
+def _strategy(config: TrainConfig) -> str:
+    strategy = config.trainer.strategy
+    if any(name in strategy for name in SPAWNING_STRATEGIES):
+        raise ValueError(
+            f"trainer.strategy={strategy!r} trains in processes apart from the calling one, whose results "
+            "(metrics, thresholds) would be lost; use trainer.strategy=ddp"
+        )
+    if strategy in {"auto", "ddp"} and (_processes(config) > 1 or TorchElasticEnvironment.detect()):
+        # Some parameters (thresholds before pseudo labelling, a disabled module's) get no gradient in
+        # some epochs; DDP must be told, or it waits for their gradients forever.
+        return "ddp_find_unused_parameters_true"
+    return strategy
+
+
+MIXED_PRECISIONS = ("16-mixed", "bf16-mixed", "16", "bf16", "16-true", "bf16-true")
+
+
+def _on_cpu(config: TrainConfig) -> bool:
+    accelerator = config.trainer.accelerator
+    has_gpu = torch.cuda.is_available() or (hasattr(torch.backends, "mps") and torch.backends.mps.is_available())
+    return accelerator == "cpu" or (accelerator == "auto" and not has_gpu)
+
+
+def _precision(config: TrainConfig) -> tuple[str, str | None]:
+    """The precision Lightning gets, and a note when the requested one falls back to 32-true on a CPU."""
+    requested = str(config.trainer.precision)
+    if requested in MIXED_PRECISIONS and _on_cpu(config):
+        return "32-true", f"trainer.precision={requested} needs a GPU; training on the CPU in 32-true instead"
+    return requested, None
+
+
+def _sync_batchnorm(config: TrainConfig) -> tuple[bool, str | None]:
+    """Whether BatchNorm is synchronised across processes (PyTorch does it on GPUs only), and a note if not."""
+    if config.trainer.sync_batchnorm and _on_cpu(config):
+        return False, "trainer.sync_batchnorm=true needs GPUs; each CPU process keeps its own BatchNorm statistics"
+    return config.trainer.sync_batchnorm, None
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written whole or not at all (temporary file, fsync, rename), loaded weights-only.
+
+    Before ``last.ckpt`` is replaced, the previous one is renamed to ``last.ckpt.prev``: a run stopped while
+    the newest checkpoint is written, or whose newest file is damaged, resumes from the one before.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        try:
+            with temp.open("wb") as handle:
+                torch.save(checkpoint, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            if target.name == LAST_CHECKPOINT and target.is_file():
+                os.replace(target, target.with_name(PREVIOUS_CHECKPOINT))
+            os.replace(temp, target)
+            _fsync_dir(target.parent)
+        finally:
+            temp.unlink(missing_ok=True)
+
+    def load_checkpoint(self, path: Any, map_location: Any | None = None, weights_only: bool | None = None) -> Any:
+        return super().load_checkpoint(path, map_location=map_location, weights_only=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    # The rename itself must reach the disk too; not every platform can open a folder for that.
+    try:
+        descriptor = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+def resume_checkpoint(run_dir: Path | str) -> Path | None:
+    """The newest checkpoint of ``run_dir`` that loads: ``last.ckpt``, else ``last.ckpt.prev`` (with a
+    warning naming the damaged file), else None (nothing to resume from: the run starts over)."""
+    folder = Path(run_dir) / "checkpoints"
+    for name in (LAST_CHECKPOINT, PREVIOUS_CHECKPOINT):
+        path = folder / name
+        if not path.is_file():
+            continue
+        try:
+            payload = read_checkpoint(path)
+            for key in ("loops", "optimizer_states", "epoch", "global_step"):
+                if key not in payload:
+                    raise ValueError(f"{path}: not a training checkpoint (missing {key!r})")
+        except ValueError as error:
+            log.warning("cannot resume from %s (%s); trying the previous checkpoint", path, error)
+            continue
+        return path
+    return None
+
+
+def _rng_state() -> dict[str, Any]:
+    """The global RNG streams (torch, CUDA, numpy, Python) as plain tensors, numbers and lists."""
+    _, keys, position, has_gauss, cached = np.random.get_state()  # type: ignore[misc]
+    version, internal, gauss_next = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(position),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "python": {"version": int(version), "internal": [int(v) for v in internal], "gauss_next": gauss_next},
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    numpy_state = state["numpy"]
+    keys = numpy_state["keys"].numpy().astype(np.uint32)
+    np.random.set_state(
+        ("MT19937", keys, numpy_state["pos"], numpy_state["has_gauss"], numpy_state["cached_gaussian"])
+    )
+    python = state["python"]
+    random.setstate((python["version"], tuple(python["internal"]), python["gauss_next"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class _ResumableData(PartialLabelDataModule):
+    """The data module, remembering the training loader's shuffling generator so that it can be restored."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.train_generator: torch.Generator | None = None
+        self.pending_generator_state: torch.Tensor | None = None
+
+    def train_dataloader(self) -> DataLoader:
+        loader = super().train_dataloader()
+        self.train_generator = loader.generator
+        if self.pending_generator_state is not None and loader.generator is not None:
+            # Before Lightning draws the first epoch's order from it: the resumed epoch reads the same batches.
+            loader.generator.set_state(self.pending_generator_state)
+        self.pending_generator_state = None
+        return loader
+
+
+class _ResumeState(L.Callback):
+    """Carries what Lightning's checkpoints leave out: the RNG streams of every process and the shuffling
+    generator (``hst_resume``); flushes the loggers at checkpoints and epoch starts so that a killed run
+    leaves its logs up to its last checkpoint on disk."""
+
+    def __init__(self) -> None:
+        self.datamodule: _ResumableData | None = None
+        self._pending_rng: dict[str, Any] | None = None
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        states: list[Any] = [_rng_state()]
+        if trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
+            states = [None] * trainer.world_size
+            dist.all_gather_object(states, _rng_state())
+        generator = self.datamodule.train_generator if self.datamodule is not None else None
+        checkpoint["hst_resume"] = plain(
+            {"rng": states, "train_generator": generator.get_state() if generator is not None else None},
+            "hst_resume",
+        )
+        _flush_loggers(trainer)
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        if trainer.checkpoint_callback is not None:
+            _relocate_checkpoint_state(checkpoint, str(trainer.checkpoint_callback.dirpath))
+        saved = checkpoint.get("hst_resume")
+        if not saved:
+            log.warning("the checkpoint carries no RNG state; the resumed run will not repeat the original exactly")
+            return
+        states = saved.get("rng") or []
+        if states:
+            rank = trainer.global_rank
+            if len(states) != trainer.world_size:
+                log.warning("checkpoint of %d processes resumed by %d", len(states), trainer.world_size)
+            self._pending_rng = states[rank] if rank < len(states) else states[0]
+        if self.datamodule is not None and saved.get("train_generator") is not None:
+            self.datamodule.pending_generator_state = saved["train_generator"]
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # As late as possible before the first resumed epoch, so that setting up draws nothing after it.
+        if self._pending_rng is not None:
+            _set_rng_state(self._pending_rng)
+            self._pending_rng = None
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        _flush_loggers(trainer)
+
+
+def _relocate_checkpoint_state(checkpoint: dict[str, Any], dirpath: str) -> None:
+    """Point the saved ModelCheckpoint state at ``dirpath`` when the run folder has moved since it was saved.
+
+    Lightning keeps absolute paths there and drops the best score of a moved folder, after which the next
+    best checkpoint would go to a new ``best-v1.ckpt``.
+    """
+    for key, state in (checkpoint.get("callbacks") or {}).items():
+        old = state.get("dirpath") if isinstance(state, dict) else None
+        if not str(key).startswith("ModelCheckpoint") or not old or old == dirpath:
+            continue
+
+        state["dirpath"] = dirpath
+        for name in ("best_model_path", "kth_best_model_path", "last_model_path"):
+            if name in state:
+                state[name] = _moved(state[name], old, dirpath)
+        if isinstance(state.get("best_k_models"), dict):
+            state["best_k_models"] = {_moved(p, old, dirpath): score for p, score in state["best_k_models"].items()}
+
+
+def _moved(path: Any, old: str, new: str) -> Any:
+    return str(Path(new) / Path(path).name) if path and Path(path).parent == Path(old) else path
+
+
+def _flush_loggers(trainer: L.Trainer) -> None:
+    for logger in trainer.loggers:
+        logger.save()
+
+
+class _KillAtStep(L.Callback):
+    """Fault injection for resume tests (env ``HST_FAULT_KILL_AT_STEP``): SIGKILL at a global step."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _kept_csv_rows(run_dir: Path, epoch: int) -> tuple[list[str], list[dict[str, str]]] | None:
+    """Header and rows of the run's CSV log up to ``epoch`` (the resumed checkpoint's); None without a log."""
+    path = run_dir / "csv" / "metrics.csv"
+    if not path.is_file():
+        return None
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        rows = list(reader)
+        header = list(reader.fieldnames or [])
+    if not header:
+        return None
+
+    def kept(row: dict[str, str]) -> bool:
+        try:
+            return float(row.get("epoch") or 0) <= epoch
+        except ValueError:
+            return True
+
+    return header, [row for row in rows if kept(row)]
+
+
+def _restore_csv(trainer: L.Trainer, header: list[str], rows: list[dict[str, str]]) -> None:
+    """Put the rows logged before the resumed checkpoint back into the CSV log (Lightning starts it afresh)."""
+    for logger in trainer.loggers:
+        if not isinstance(logger, CSVLogger):
+            continue
+        writer = logger.experiment  # creating the writer removes the old file
+        keys = sorted(header)
+        path = Path(writer.metrics_file_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", newline="") as handle:
+            out = csv.DictWriter(handle, fieldnames=keys)
+            out.writeheader()
+            out.writerows(rows)
+        # Later rows are appended under this header (rewritten by Lightning when new columns appear).
+        writer.metrics_keys = keys
+
+
+def _trainer(
+    config: TrainConfig,
+    run_dir: Path,
+    callbacks: list[L.Callback],
+    log: bool = True,
+    purge_step: int | None = None,
+) -> L.Trainer:
     t = config.trainer
     loggers: list[Any] = []
     if log:
+        tensorboard_options = {} if purge_step is None else {"purge_step": purge_step}
         loggers = [
-            TensorBoardLogger(str(run_dir), name="tensorboard", version=""),
+            TensorBoardLogger(str(run_dir), name="tensorboard", version="", **tensorboard_options),
             CSVLogger(str(run_dir), name="csv", version=""),
         ]
     if t.progress_bar:
@@ -78,11 +425,13 @@ def _trainer(config: TrainConfig, run_dir: Path, callbacks: list[L.Callback], lo
         accelerator=t.accelerator,
         devices=t.devices,
         num_nodes=t.num_nodes,
-        strategy=t.strategy,
-        precision=t.precision,  # type: ignore[arg-type]
+        strategy=_strategy(config),
+        precision=_precision(config)[0],  # type: ignore[arg-type]
+        sync_batchnorm=_sync_batchnorm(config)[0],
         deterministic=t.deterministic,
         logger=loggers or False,
         callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
         enable_progress_bar=t.progress_bar,
         enable_model_summary=False,
         log_every_n_steps=t.log_every_n_steps,
@@ -119,54 +468,129 @@ def _feature_caches(
     return source_cache, test_cache
 
 
-def train(config: TrainConfig) -> RunResult:
-    """Fit on the training split, select the best epoch on validation, then test that checkpoint."""
+def _prepare_resume(
+    run_dir: Path,
+) -> tuple[Path | None, list[str], tuple[list[str], list[dict[str, str]]] | None, int | None]:
+    """For a resumed run: (checkpoint to start from, summary notes, CSV rows to keep, TensorBoard purge step)."""
+    start = resume_checkpoint(run_dir)
+    if start is None:
+        return None, ["no checkpoint to resume from: the run starts over in its folder"], None, None
+    notes: list[str] = []
+    if start.name == PREVIOUS_CHECKPOINT and (start.parent / LAST_CHECKPOINT).exists():
+        # Set the damaged newest file aside; the next save would otherwise rotate it into the fallback.
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(start.parent / LAST_CHECKPOINT, start.parent / DAMAGED_CHECKPOINT)
+        notes.append(f"checkpoints/{LAST_CHECKPOINT} did not load; kept as checkpoints/{DAMAGED_CHECKPOINT}")
+    saved = read_checkpoint(start)
+    epoch, step = int(saved["epoch"]), int(saved["global_step"])
+    notes.append(f"resumed from {start.relative_to(run_dir).as_posix()} (end of epoch {epoch})")
+    # TensorBoard hides the interrupted epoch's events: everything after the checkpoint's own step.
+    return start, notes, _kept_csv_rows(run_dir, epoch), step + 1
+
+
+def resume_training(run_dir: Path | str, overrides: Sequence[str] = ()) -> RunResult:
+    """Continue the run in ``run_dir`` with its saved ``config.yaml`` (plus ``overrides``, e.g. more epochs)."""
+    folder = Path(run_dir)
+    config_file = folder / "config.yaml"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{folder}: not a run folder (no config.yaml)")
+    config = resolve_config(TrainConfig, config_file, list(overrides))
+    return train(config, resume=folder)
+
+
+def train(
+    config: TrainConfig, resume: Path | str | None = None, callbacks: Sequence[L.Callback] = ()
+) -> RunResult:
+    """Fit on the training split, select the best epoch on validation, then test that checkpoint.
+
+    ``resume``: a run folder to continue in place from its last good checkpoint (see :func:`resume_training`);
+    ``callbacks``: extra Lightning callbacks for the fit.
+    """
     _quiet_lightning()
     config = apply_model_preset(config)
     if config.trainer.select_on not in {"val", "test"}:
         raise ValueError(f"trainer.select_on must be 'val' or 'test', got {config.trainer.select_on!r}")
     L.seed_everything(config.trainer.seed, workers=True, verbose=False)
     torch.set_float32_matmul_precision("high")
-    run_dir = _run_dir(config)
+    run_dir = Path(resume) if resume is not None else _run_dir(config)
     run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, run_dir / "config.yaml")
+    start, notes, kept_rows, purge_step = _prepare_resume(run_dir) if resume is not None else (None, [], None, None)
+    for note in (_precision(config)[1], _sync_batchnorm(config)[1] if _processes(config) > 1 else None):
+        if note:
+            log.warning(note)
+            notes.append(note)
 
-    splits = prepare_splits(config.data)
-    summary = describe_splits(splits)
-    module = PartialLabelModule(config, splits.train.class_names, splits.train.labels, len(splits.train))
-    backbone = module.network.backbone
-    caches = _feature_caches(config, splits, module)
-    if caches is not None:
-        summary.append(f"frozen backbone: training from cached features in {config.data.cache_dir}")
-    datamodule = PartialLabelDataModule(
-        splits, config.data, backbone.mean, backbone.std, seed=config.trainer.seed, caches=caches
-    )
-    if config.trainer.select_on == "test":
-        # Published-protocol parity only: the reported test score then selects its own epoch.
-        datamodule.val_dataloader = datamodule.test_dataloader  # type: ignore[method-assign]
-        summary.append("WARNING: selecting the best epoch on the TEST set (trainer.select_on=test)")
+    state = _ResumeState()
     checkpoint = ModelCheckpoint(
         dirpath=str(run_dir / "checkpoints"),
         filename="best",
         monitor="val/mAP",
         mode="max",
-        save_last=config.trainer.save_last,
         save_top_k=1,
         auto_insert_metric_name=False,
     )
-    trainer = _trainer(config, run_dir, [checkpoint])
-    trainer.fit(module, datamodule=datamodule)
+    fit_callbacks: list[L.Callback] = [checkpoint, state, *callbacks]
+    last: ModelCheckpoint | None = None
+    if config.trainer.save_last:
+        # Lightning's save_last refreshes last.ckpt only in epochs that improve the best; this one writes every epoch.
+        last = ModelCheckpoint(
+            dirpath=str(run_dir / "checkpoints"),
+            filename=LAST_CHECKPOINT.removesuffix(".ckpt"),
+            save_top_k=1,
+            enable_version_counter=False,
+        )
+        fit_callbacks.append(last)
+    if os.environ.get(KILL_AT_STEP_ENV):
+        fit_callbacks.append(_KillAtStep(int(os.environ[KILL_AT_STEP_ENV])))
+    trainer = _trainer(config, run_dir, fit_callbacks, purge_step=purge_step)
+    is_zero = trainer.is_global_zero
+    if is_zero:
+        if kept_rows is not None:
+            _restore_csv(trainer, *kept_rows)
+        save_config(config, run_dir / "config.yaml")
+
+    splits = prepare_splits(config.data)
+    summary = describe_splits(splits) + notes
+    module = PartialLabelModule(config, splits.train.class_names, splits.train.labels, len(splits.train))
+    backbone = module.network.backbone
+    caches = _feature_caches(config, splits, module)
+    if caches is not None:
+        summary.append(f"frozen backbone: training from cached features in {config.data.cache_dir}")
+    datamodule = _ResumableData(
+        splits, config.data, backbone.mean, backbone.std, seed=config.trainer.seed, caches=caches
+    )
+    state.datamodule = datamodule
+    if config.trainer.select_on == "test":
+        # Published-protocol parity only: the reported test score then selects its own epoch.
+        datamodule.val_dataloader = datamodule.test_dataloader  # type: ignore[method-assign]
+        summary.append("WARNING: selecting the best epoch on the TEST set (trainer.select_on=test)")
+    if trainer.world_size > 1:
+        summary.append(
+            f"data parallel: {trainer.world_size} processes × batch {config.data.batch_size} = "
+            f"{trainer.world_size * config.data.batch_size} images per step"
+        )
+    previous_env = os.environ.get(RUN_DIR_ENV)
+    if trainer.world_size > 1:
+        os.environ[RUN_DIR_ENV] = str(run_dir)  # inherited by the processes Lightning starts for the fit
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(start) if start is not None else None)
+    finally:
+        if previous_env is None:
+            os.environ.pop(RUN_DIR_ENV, None)
+        else:
+            os.environ[RUN_DIR_ENV] = previous_env
     val_metrics = dict(module.last_metrics.get("val", {}))
     best = Path(checkpoint.best_model_path) if checkpoint.best_model_path else None
     trainer.test(module, datamodule=datamodule, ckpt_path=str(best) if best else None, verbose=False)
     test_metrics = dict(module.last_metrics.get("test", {}))
     if best is not None:
         summary.append(f"best epoch by val/mAP: {best.name} (score {float(checkpoint.best_model_score or 0):.2f})")
-    written = [Path(p) for p in (checkpoint.last_model_path, checkpoint.best_model_path) if p]
+    written = [Path(p) for p in (last.best_model_path if last else "", checkpoint.best_model_path) if p]
     summary.extend(_tune_checkpoints(config, run_dir, module, datamodule, written, best))
-    _write_json(run_dir / "metrics.json", {"test": test_metrics, "val_last_epoch": val_metrics})
-    (run_dir / "summary.txt").write_text("\n".join(summary) + "\n")
-    return RunResult(run_dir, best, test_metrics, val_metrics, summary)
+    if is_zero:
+        _write_json(run_dir / "metrics.json", {"test": test_metrics, "val_last_epoch": val_metrics})
+        (run_dir / "summary.txt").write_text("\n".join(summary) + "\n")
+    return RunResult(run_dir, best, test_metrics, val_metrics, summary, rank=trainer.global_rank)
 
 
 @dataclass
@@ -174,7 +598,7 @@ class ThresholdTuning:
     """Per-class thresholds maximising F1 over the known validation labels of each class."""
 
     thresholds: np.ndarray
-    """C float64; ``default`` for classes without a known positive."""
+    """C float64; ``default`` for classes with too few known positives."""
     f1: np.ndarray
     """C float64, F1 (in [0, 1]) at the chosen threshold; NaN where not tuned."""
     known: np.ndarray
@@ -184,17 +608,18 @@ class ThresholdTuning:
 
     @property
     def tuned(self) -> np.ndarray:
-        return self.positives > 0
+        return ~np.isnan(self.f1)
 
 
 def tune_thresholds(
-    probabilities: np.ndarray, labels: np.ndarray, default: float = DEFAULT_THRESHOLD
+    probabilities: np.ndarray, labels: np.ndarray, default: float = DEFAULT_THRESHOLD, min_positives: int = 1
 ) -> ThresholdTuning:
     """Per class, the threshold τ (predict positive when p ≥ τ) with the best F1 on the known entries.
 
     Only cuts between distinct probabilities are candidates; τ is the midpoint between the lowest
     probability kept and the highest one left out (the lowest probability when all are kept). Among
-    equal F1 the highest τ wins. Classes without a known positive keep ``default``.
+    equal F1 the highest τ wins. Classes with fewer than ``min_positives`` known positives (at least one)
+    keep ``default``: a threshold fitted to one or two examples is noise.
     """
     probs = np.asarray(probabilities, dtype=np.float64)
     labels = np.asarray(labels)
@@ -207,7 +632,7 @@ def tune_thresholds(
     positive_counts = (labels > 0).sum(axis=0)
     for c in range(num_classes):
         known = labels[:, c] != 0
-        if positive_counts[c] == 0:
+        if positive_counts[c] < max(1, min_positives):
             continue
         order = np.argsort(-probs[known, c], kind="stable")
         scores = probs[known, c][order]
@@ -261,7 +686,8 @@ def _tune_checkpoints(
         if step not in done:
             trainer.validate(module, dataloaders=loader, ckpt_path=str(path), verbose=False)
             logits, labels = module.last_scores["val"]
-            done[step] = tune_thresholds(torch.sigmoid(torch.from_numpy(logits).double()).numpy(), labels)
+            probs = torch.sigmoid(torch.from_numpy(logits).double()).numpy()
+            done[step] = tune_thresholds(probs, labels, min_positives=config.trainer.threshold_min_positives)
         tuning = done[step]
         module.decision_thresholds = [float(t) for t in tuning.thresholds]
         module.thresholds_tuned = True

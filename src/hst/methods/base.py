@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from hst.engine.config import MethodConfig
@@ -41,7 +42,90 @@ class LossOutput:
 
 
 FeatureSource = Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]
-"""Yields (dataset rows, semantic features B×C×D, training labels) over the training set, no grad."""
+"""Yields (dataset rows, semantic features B×C×D, training labels) over the training set, no grad.
+
+Under data parallelism each process sees only its share of the rows; a method gathers what it needs
+through its :class:`Collective`.
+"""
+
+
+class Collective:
+    """Cross-process operations a method may use; this base class is the single-process case (identities)."""
+
+    @property
+    def world_size(self) -> int:
+        return 1
+
+    @property
+    def rank(self) -> int:
+        return 0
+
+    def gather_rows(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Every process's ``tensor`` concatenated along dim 0 in rank order (first dims may differ)."""
+        return tensor
+
+    def broadcast(self, tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
+        """Process ``src``'s ``tensor`` (same shape on every process)."""
+        return tensor
+
+    def sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Element-wise sum over processes."""
+        return tensor
+
+
+class TorchDistributed(Collective):
+    """:class:`Collective` over the default ``torch.distributed`` process group.
+
+    ``device`` is where tensors travel (the accelerator for NCCL, the CPU for gloo); results come back on
+    the device of the input.
+    """
+
+    def __init__(self, device: torch.device | str = "cpu") -> None:
+        self.device = torch.device(device)
+
+    @property
+    def world_size(self) -> int:
+        return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+    @property
+    def rank(self) -> int:
+        return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+    def gather_rows(self, tensor: torch.Tensor) -> torch.Tensor:
+        world = self.world_size
+        if world == 1:
+            return tensor
+        home, is_bool = tensor.device, tensor.dtype == torch.bool
+        # Not every backend reduces or gathers bool tensors; bytes carry the same values.
+        local = (tensor.to(torch.uint8) if is_bool else tensor).to(self.device).contiguous()
+        size = torch.tensor([local.shape[0]], dtype=torch.long, device=self.device)
+        sizes = [torch.zeros_like(size) for _ in range(world)]
+        dist.all_gather(sizes, size)
+        counts = [int(s.item()) for s in sizes]
+        # all_gather needs equal shapes: pad every share to the longest one, then cut the padding off.
+        padded = local.new_zeros((max(counts), *local.shape[1:]))
+        padded[: local.shape[0]] = local
+        parts = [torch.empty_like(padded) for _ in range(world)]
+        dist.all_gather(parts, padded)
+        out = torch.cat([part[:count] for part, count in zip(parts, counts, strict=True)]).to(home)
+        return out.bool() if is_bool else out
+
+    def broadcast(self, tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
+        if self.world_size == 1:
+            return tensor
+        home, is_bool = tensor.device, tensor.dtype == torch.bool
+        local = (tensor.to(torch.uint8) if is_bool else tensor).to(self.device).contiguous().clone()
+        dist.broadcast(local, src)
+        out = local.to(home)
+        return out.bool() if is_bool else out
+
+    def sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.world_size == 1:
+            return tensor
+        home = tensor.device
+        local = tensor.to(self.device).contiguous().clone()
+        dist.all_reduce(local, op=dist.ReduceOp.SUM)
+        return local.to(home)
 
 
 class Method(nn.Module):
@@ -56,6 +140,8 @@ class Method(nn.Module):
         self.num_classes = num_classes
         self.feature_dim = feature_dim
         self.num_train = num_train
+        self.collective: Collective = Collective()
+        """Set by the engine under data parallelism; methods gather cross-process state through it."""
 
     def training_loss(self, output: NetworkOutput, labels: torch.Tensor, ctx: StepContext) -> LossOutput:
         raise NotImplementedError
@@ -65,7 +151,11 @@ class Method(nn.Module):
         return {}
 
     def on_train_epoch_end(self, epoch: int) -> dict[str, float]:
-        """Per-epoch bookkeeping after training (e.g. threshold schedules); returns values to log."""
+        """Per-epoch bookkeeping after training (e.g. threshold schedules); returns values to log.
+
+        Keys starting with ``epoch_`` are per-epoch sums over this process's batches; the engine sums
+        them over processes.
+        """
         return {}
 
     def threshold_parameters(self) -> list[nn.Parameter]:

@@ -115,20 +115,35 @@ class HST(Method):
             return logs
         collected_features: list[torch.Tensor] = []
         collected_classes: list[torch.Tensor] = []
-        for _, semantic, labels in features():
+        collected_rows: list[torch.Tensor] = []
+        for indices, semantic, labels in features():
             rows, classes = torch.nonzero(labels > 0, as_tuple=True)
             collected_features.append(semantic[rows, classes].float())
             collected_classes.append(classes)
+            collected_rows.append(indices.to(classes.device)[rows])
         device = self.intra_threshold.device
         feats = torch.cat(collected_features) if collected_features else torch.zeros(0, self.feature_dim)
         classes = torch.cat(collected_classes) if collected_classes else torch.zeros(0, dtype=torch.long)
+        group = self.collective
+        if group.world_size > 1:
+            rows = torch.cat(collected_rows) if collected_rows else torch.zeros(0, dtype=torch.long)
+            feats = group.gather_rows(feats.to(device))
+            classes = group.gather_rows(classes.to(device))
+            rows = group.gather_rows(rows.to(device))
+            # One process reads rows in order, classes ascending within a row; K-means++ seeding depends on it.
+            order = torch.argsort(rows * self.num_classes + classes)
+            feats, classes = feats[order], classes[order]
         # Group the known-positive features by class without a Python loop over samples.
         order = torch.argsort(classes, stable=True)
         counts = torch.bincount(classes, minlength=self.num_classes).tolist()
         per_class = list(torch.split(feats[order].to(device), counts))
-        self.prototypes = prototypes_from_lists(
+        prototypes = prototypes_from_lists(
             per_class, k=self.config.prototypes_per_class, seed=epoch, iters=self.config.kmeans_iters
         )
+        if group.world_size > 1:
+            # Every process clusters the same features; rank 0's result is taken so that they agree bit for bit.
+            prototypes = Prototypes(group.broadcast(prototypes.centers), group.broadcast(prototypes.valid))
+        self.prototypes = prototypes
         logs["prototype_classes"] = float(self.prototypes.valid.any(dim=1).sum())
         return logs
 

@@ -167,7 +167,11 @@ class SST(Method):
                 self.bank.to(semantic.device)
             # Published order: the batch's own known positives enter the bank before it scores the batch.
             rows, classes = torch.nonzero(labels > 0, as_tuple=True)
-            self.bank.push(classes, semantic.detach()[rows, classes])
+            pushed = semantic.detach()[rows, classes]
+            if self.collective.world_size > 1:
+                # Every process pushes the whole global batch (rank order), so that the banks stay identical.
+                classes, pushed = self.collective.gather_rows(classes), self.collective.gather_rows(pushed)
+            self.bank.push(classes, pushed)
             logs["bank_fill"] = float(self.bank.count.float().mean() / self.bank.size)
             if threshold is not None:
                 with torch.no_grad():
