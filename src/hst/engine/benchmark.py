@@ -214,6 +214,10 @@ def run_benchmark(
     log(f"{len(cells)} cells, {len(cells) - len(todo)} already done, {len(todo)} to run")
 
     def finish(number: int, row: dict[str, str]) -> None:
+        try:  # runs/<name> relative to the benchmark folder: the table stays valid when the folder moves
+            row["run_dir"] = str(Path(row["run_dir"]).resolve().relative_to(out.resolve()))
+        except (ValueError, OSError):
+            pass
         rows.append(row)
         _write_results(results_path, rows)
         log(f"[{number}/{len(todo)}] {row['method']} p={row['proportion']} seed={row['seed']}: "

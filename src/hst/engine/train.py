@@ -726,11 +726,12 @@ def _write_thresholds_json(
     _write_json(
         path,
         {
-            "checkpoint": checkpoint.relative_to(run_dir).as_posix(),
+            "checkpoint": Path(os.path.relpath(checkpoint.resolve(), run_dir.resolve())).as_posix(),
             "split": "val",
             "val_labels": config.data.val_labels,
             "rule": "per class, the probability threshold with the best F1 over the known validation labels; "
-            f"classes without a known validation positive keep {DEFAULT_THRESHOLD}",
+            f"classes with fewer than {config.trainer.threshold_min_positives} known validation positives keep "
+            f"{DEFAULT_THRESHOLD}",
             "classes": classes,
         },
     )
