@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -178,6 +179,15 @@ from hst.engine.config import TrainConfig
 from hst.engine.train import train
 train(resolve_config(TrainConfig, None, json.loads(sys.argv[1])))
 """
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """The killed run's subprocess uses one thread; float sums depend on the thread count, so this process too."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
