@@ -61,3 +61,21 @@ def test_benchmark_rejects_bad_override_before_running(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"data\.proportion"):
         run_benchmark(options, fake_train(calls), log=lambda _: None)
     assert calls == []
+
+
+@pytest.mark.slow
+def test_benchmark_workers_run_cells_in_processes_and_match_a_serial_run(tmp_path: Path) -> None:
+    tiny = [
+        "data.train=synthetic:48", "data.image_size=64", "data.batch_size=16", "model.feature_dim=32",
+        "model.hidden_dim=16", "model.trainable=none", "trainer.epochs=1", "trainer.save_last=false",
+        f"data.cache_dir={tmp_path / 'cache'}",
+    ]
+    common = dict(methods=["partial_bce"], proportions=[0.5], seeds=[0, 1], overrides=tiny)
+    parallel = run_benchmark(BenchmarkOptions(out=str(tmp_path / "par"), workers=2, **common), log=lambda _: None)
+    serial = run_benchmark(BenchmarkOptions(out=str(tmp_path / "ser"), workers=1, **common), log=lambda _: None)
+    assert sorted(r["seed"] for r in parallel) == ["0", "1"]
+    assert all(r["run_dir"].startswith("runs/") for r in parallel)  # relative to the benchmark folder
+    # One thread per worker against the default threads serially: same cells, same scores up to float sums.
+    by_seed = {r["seed"]: float(r["test_mAP"]) for r in serial}
+    for row in parallel:
+        assert abs(float(row["test_mAP"]) - by_seed[row["seed"]]) < 1.0

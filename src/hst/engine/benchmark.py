@@ -157,18 +157,20 @@ def run_cell(plan: CellPlan, train_fn: Callable[[TrainConfig], object]) -> dict[
 
 
 def _worker_init(threads: int) -> None:
-    import logging
-
     import torch
 
     torch.set_num_threads(threads)
-    # a worker's Lightning info lines (checkpoint restored, ...) would interleave with the progress log
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
 
 
 def _worker_cell(plan: CellPlan) -> dict[str, str]:
+    import logging
+
     from hst.engine.train import train
 
+    # after Lightning's import, which sets its own level: a worker's info lines (checkpoint restored, GPU
+    # available, ...) would interleave with the progress log of the parent
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
     return run_cell(plan, train)
 
 
