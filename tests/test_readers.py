@@ -522,6 +522,24 @@ def test_write_csv_round_trip_with_paths(tmp_path: Path) -> None:
     assert [p.resolve() for p in back.image_paths] == [p.resolve() for p in data.image_paths]
 
 
+def test_write_csv_into_a_symlinked_folder_points_at_the_real_images(tmp_path: Path) -> None:
+    data_root = tmp_path / "project" / "data"
+    (data_root / "images").mkdir(parents=True)
+    (data_root / "images" / "a.jpg").write_bytes(b"x")
+    elsewhere = tmp_path / "elsewhere" / "deep"
+    elsewhere.mkdir(parents=True)
+    (tmp_path / "project" / "link").symlink_to(elsewhere, target_is_directory=True)
+    data = MultiLabelData(
+        image_ids=["a"], labels=np.array([[1]], dtype=np.int8), class_names=["cat"],
+        image_paths=[data_root / "images" / "a.jpg"],
+    )
+    out = tmp_path / "project" / "link" / "labels.csv"  # written through the link, lands in elsewhere/deep
+    write_csv_manifest(data, out)
+    back = read_csv_manifest(out)
+    assert back.image_paths is not None and back.image_paths[0].resolve() == (data_root / "images" / "a.jpg")
+    assert back.image_paths[0].is_file()
+
+
 def test_write_csv_without_paths_and_custom_column(tmp_path: Path) -> None:
     from PIL import Image
 

@@ -200,7 +200,8 @@ def _image_cells(data: MultiLabelData, path: Path, image_column: list[str] | Non
     cells: list[str] = []
     for image in data.image_paths:
         try:
-            cells.append(Path(os.path.relpath(image, path.parent)).as_posix())
+            # resolved on both sides: through a symlinked folder a lexical ".." would point elsewhere
+            cells.append(Path(os.path.relpath(Path(image).resolve(), path.parent.resolve())).as_posix())
         except ValueError:
             # No relative path exists (another drive on Windows): keep the path as given.
             cells.append(str(image))
