@@ -36,22 +36,13 @@ from hst.engine.data import (
 )
 from hst.labels import UNKNOWN
 
+try:
+    from tiny_run import TINY
+except ImportError:  # tests collected as a package
+    from tests.tiny_run import TINY
+
 MEAN = (0.5, 0.5, 0.5)
 STD = (0.25, 0.25, 0.25)
-TINY = [
-    "data.image_size=64",
-    "data.batch_size=16",
-    "data.val_fraction=0.2",
-    "data.test_fraction=0.2",
-    "model.feature_dim=64",
-    "model.hidden_dim=32",
-    "trainer.progress_bar=false",
-    "method.pseudo_label_epoch=1",
-    "method.prototype_every=1",
-    "method.prototypes_per_class=3",
-    "method.intra_threshold=0.5",
-    "method.inter_threshold=0.5",
-]
 
 
 def raises_with(call: Callable[[], object], *fragments: str, error: type[Exception] = DataError) -> str:

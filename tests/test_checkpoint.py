@@ -18,22 +18,12 @@ from hst.engine.module import PartialLabelModule
 from hst.engine.predict import resolve_threshold
 from hst.engine.train import _trainer, load_module, read_checkpoint, train, tune_thresholds
 
-TINY = [
-    "data.train=synthetic:72",
-    "data.image_size=64",
-    "data.batch_size=16",
-    "data.val_fraction=0.2",
-    "data.test_fraction=0.2",
-    "model.feature_dim=64",
-    "model.hidden_dim=32",
-    "trainer.epochs=2",
-    "trainer.progress_bar=false",
-    "method.pseudo_label_epoch=1",
-    "method.prototype_every=1",
-    "method.prototypes_per_class=3",
-    "method.intra_threshold=0.5",
-    "method.inter_threshold=0.5",
-]
+try:
+    from tiny_run import TINY as _TINY
+except ImportError:  # tests collected as a package
+    from tests.tiny_run import TINY as _TINY
+
+TINY = [*_TINY, "trainer.epochs=2"]
 HST_KEYS = (
     "hst_format",
     "hst_version",

@@ -30,23 +30,13 @@ from hst.engine.train import load_module, train
 from hst.models.cst import inter_scores
 from hst.models.ist import intra_scores
 
+try:
+    from tiny_run import TINY as _TINY
+except ImportError:  # tests collected as a package
+    from tests.tiny_run import TINY as _TINY
+
 DATA = "synthetic:72"
-TINY = [
-    f"data.train={DATA}",
-    "data.image_size=64",
-    "data.batch_size=16",
-    "data.val_fraction=0.2",
-    "data.test_fraction=0.2",
-    "model.feature_dim=64",
-    "model.hidden_dim=32",
-    "trainer.epochs=2",
-    "trainer.progress_bar=false",
-    "method.pseudo_label_epoch=1",
-    "method.prototype_every=1",
-    "method.prototypes_per_class=3",
-    "method.intra_threshold=0.5",
-    "method.inter_threshold=0.5",
-]
+TINY = [*_TINY, f"data.train={DATA}", "trainer.epochs=2"]
 
 
 @pytest.fixture(scope="module", autouse=True)

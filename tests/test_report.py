@@ -18,22 +18,11 @@ from hst.engine.config import TrainConfig
 from hst.engine.report import FIGURE_FILES, REPORT_FILE, build_report
 from hst.engine.train import train
 
-TINY = [
-    "data.train=synthetic:72",
-    "data.image_size=64",
-    "data.batch_size=16",
-    "data.val_fraction=0.2",
-    "data.test_fraction=0.2",
-    "model.feature_dim=64",
-    "model.hidden_dim=32",
-    "trainer.epochs=3",
-    "trainer.progress_bar=false",
-    "method.pseudo_label_epoch=1",
-    "method.prototype_every=1",
-    "method.prototypes_per_class=3",
-    "method.intra_threshold=0.5",
-    "method.inter_threshold=0.5",
-]
+try:
+    from tiny_run import TINY
+except ImportError:  # tests collected as a package
+    from tests.tiny_run import TINY
+
 RUN_FIGURES = ["loss", "map", "per_class_ap", "thresholds", "pseudo_labels"]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")

@@ -38,22 +38,11 @@ from hst.methods import create
 from hst.methods.base import StepContext
 from hst.models.network import NetworkOutput
 
-TINY = [
-    "data.train=synthetic:72",
-    "data.image_size=64",
-    "data.batch_size=16",
-    "data.val_fraction=0.2",
-    "data.test_fraction=0.2",
-    "model.feature_dim=64",
-    "model.hidden_dim=32",
-    "trainer.epochs=3",
-    "trainer.progress_bar=false",
-    "method.pseudo_label_epoch=1",
-    "method.prototype_every=1",
-    "method.prototypes_per_class=3",
-    "method.intra_threshold=0.5",
-    "method.inter_threshold=0.5",
-]
+try:
+    from tiny_run import TINY
+except ImportError:  # tests collected as a package
+    from tests.tiny_run import TINY
+
 KILL_STEP = 7
 """43 training images in batches of 16: 3 steps per epoch, so step 7 is inside epoch 2, after pseudo labelling
 (from epoch 1) and the epoch-2 prototypes have started."""

@@ -1,0 +1,21 @@
+"""The tiny synthetic training config the engine tests share (a run takes seconds on 2 CPU cores).
+
+Tests that need other values append overrides after it: the last value of a key wins.
+"""
+
+TINY = [
+    "data.train=synthetic:72",
+    "data.image_size=64",
+    "data.batch_size=16",
+    "data.val_fraction=0.2",
+    "data.test_fraction=0.2",
+    "model.feature_dim=64",
+    "model.hidden_dim=32",
+    "trainer.epochs=3",
+    "trainer.progress_bar=false",
+    "method.pseudo_label_epoch=1",
+    "method.prototype_every=1",
+    "method.prototypes_per_class=3",
+    "method.intra_threshold=0.5",
+    "method.inter_threshold=0.5",
+]
