@@ -274,3 +274,21 @@ def test_full_dataset_without_rows_and_pickling(cache: FeatureCache, data: Multi
     assert len(payload) < 10_000  # the memory map is reopened in the worker, not copied
     restored = pickle.loads(payload)
     assert torch.equal(restored[5][1], cache.tensor(5))
+
+
+def test_extract_features_command_fills_the_cache_a_frozen_run_reads(tmp_path: Path) -> None:
+    from hst.cli import main
+    from hst.config import resolve_config
+    from hst.engine.cache import extract_for_config
+    from hst.engine.config import TrainConfig
+
+    overrides = [
+        "data.train=synthetic:40", "data.image_size=64", "model.trainable=none",
+        f"data.cache_dir={tmp_path}",
+    ]
+    assert main(["extract-features", *overrides]) == 0
+    files = sorted(tmp_path.glob("*.npy"))
+    assert len(files) == 1  # the test set is carved from the training source: one cache serves both
+    caches = extract_for_config(resolve_config(TrainConfig, None, overrides), progress=False)
+    assert [c.key for c in caches] == [files[0].stem] and len(caches[0]) == 40
+    assert sorted(tmp_path.glob("*.npy")) == files  # reused, nothing new written

@@ -377,34 +377,35 @@ class CachedFeatureDataset(Dataset):
         return [(index, batch[i], self.labels[index], self.eval_labels[index]) for i, index in enumerate(indices)]
 
 
+def extract_split_features(
+    backbone: Backbone, splits: Any, data_config: Any, channels_last: bool, progress: bool
+) -> tuple[FeatureCache, FeatureCache]:
+    """Caches of the training source (all of it: splits and partial labels do not change the features) and
+    of the test source; one cache serves both when the test set is carved from the training source."""
+    kwargs: dict[str, Any] = {
+        "image_size": data_config.image_size,
+        "cache_dir": Path(data_config.cache_dir),
+        "batch_size": data_config.eval_batch_size,
+        "num_workers": data_config.num_workers,
+        "progress": progress,
+        "channels_last": channels_last,
+    }
+    source_cache = extract_features(backbone, splits.source, **kwargs)
+    if splits.test_source is splits.source:
+        return source_cache, source_cache
+    return source_cache, extract_features(backbone, splits.test_source, **kwargs)
+
+
 def extract_for_config(config: Any, progress: bool = True) -> list[FeatureCache]:
     """``hst extract-features``: fill the cache a frozen-backbone run of ``config`` (a TrainConfig) will read.
 
-    Extracts the training source (all of it: splits and partial labels do not change the features) and the
-    test source when it is a separate dataset. Returns the caches; already cached data is not recomputed.
+    Returns the distinct caches (training source, and the test source when it is a separate dataset);
+    already cached data is not recomputed.
     """
     from hst.engine.data import prepare_splits
     from hst.models.backbone import create_backbone
 
-    data_cfg, model_cfg = config.data, config.model
-    if model_cfg.head != "linear" and model_cfg.head != "sarl":
-        raise ValueError(f"model.head must be 'sarl' or 'linear', got {model_cfg.head!r}")
-    splits = prepare_splits(data_cfg)
-    backbone = create_backbone(model_cfg.backbone, model_cfg.weights, "none")
-    sources = [splits.source]
-    if splits.test_source is not None and splits.test_source is not splits.source:
-        sources.append(splits.test_source)
-    return [
-        extract_features(
-            backbone,
-            source,
-            image_size=data_cfg.image_size,
-            cache_dir=Path(data_cfg.cache_dir),
-            batch_size=data_cfg.eval_batch_size,
-            num_workers=data_cfg.num_workers,
-            progress=progress,
-            channels_last=model_cfg.channels_last,
-        )
-        for source in sources
-        if source is not None
-    ]
+    splits = prepare_splits(config.data)
+    backbone = create_backbone(config.model.backbone, config.model.weights, "none")
+    source, test = extract_split_features(backbone, splits, config.data, config.model.channels_last, progress)
+    return [source] if test is source else [source, test]

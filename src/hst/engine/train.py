@@ -35,7 +35,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.utils.data import DataLoader
 
 from hst.config import config_to_dict, resolve_config, save_config
-from hst.engine.cache import FeatureCache, extract_features
+from hst.engine.cache import FeatureCache, extract_split_features
 from hst.engine.config import TrainConfig
 from hst.engine.data import PartialLabelDataModule, Splits, describe_splits, prepare_splits
 from hst.engine.module import DEFAULT_THRESHOLD, PartialLabelModule, plain
@@ -451,21 +451,11 @@ def _feature_caches(
     if mode == "off" or config.model.trainable != "none":
         return None
     assert splits.source is not None and splits.test_source is not None
-    backbone = module.network.backbone
-    kwargs = {
-        "image_size": config.data.image_size,
-        "cache_dir": Path(config.data.cache_dir),
-        "batch_size": config.data.eval_batch_size,
-        "num_workers": config.data.num_workers,
-        "progress": config.trainer.progress_bar,
-        "channels_last": config.model.channels_last,
-    }
-    source_cache = extract_features(backbone, splits.source, **kwargs)
-    test_cache = source_cache
-    if splits.test_source is not splits.source:
-        test_cache = extract_features(backbone, splits.test_source, **kwargs)
+    caches = extract_split_features(
+        module.network.backbone, splits, config.data, config.model.channels_last, config.trainer.progress_bar
+    )
     module.features_cached = True
-    return source_cache, test_cache
+    return caches
 
 
 def _prepare_resume(
