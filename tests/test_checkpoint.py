@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,9 @@ try:
     from tiny_run import TINY as _TINY
 except ImportError:  # tests collected as a package
     from tests.tiny_run import TINY as _TINY
+
+# float sums depend on the thread count, and tiny tensors gain nothing from threads
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 TINY = [*_TINY, "trainer.epochs=2"]
 HST_KEYS = (
@@ -42,14 +44,6 @@ HST_KEYS = (
 def tiny(out: Path, *extra: str) -> TrainConfig:
     overrides = [*TINY, f"trainer.output_dir={out}", f"data.cache_dir={out / 'cache'}", *extra]
     return resolve_config(TrainConfig, None, overrides)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

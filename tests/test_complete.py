@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -35,16 +34,11 @@ try:
 except ImportError:  # tests collected as a package
     from tests.tiny_run import TINY as _TINY
 
+# float sums depend on the thread count, and tiny tensors gain nothing from threads
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 DATA = "synthetic:72"
 TINY = [*_TINY, f"data.train={DATA}", "trainer.epochs=2"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

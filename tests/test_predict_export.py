@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -30,19 +29,13 @@ try:
 except ImportError:  # tests collected as a package
     from tests.tiny_run import TINY as _TINY
 
+# float sums depend on the thread count, and tiny tensors gain nothing from threads
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 TINY = [*_TINY, "trainer.epochs=1"]
 # Rendered larger than the training size so the resize of the evaluation transform is exercised.
 RENDER_SIZE = 96
 NAMES = ["scene_000.png", "scene_001.png", "scene_002.png", "scene_003.png", "sub/scene_004.png"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    # Tiny tensors gain nothing from threads, and on a busy machine spinning OpenMP threads cost 10×.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

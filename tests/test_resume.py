@@ -11,7 +11,6 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +41,9 @@ try:
     from tiny_run import TINY
 except ImportError:  # tests collected as a package
     from tests.tiny_run import TINY
+
+# float sums depend on the thread count, and tiny tensors gain nothing from threads
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 KILL_STEP = 7
 """43 training images in batches of 16: 3 steps per epoch, so step 7 is inside epoch 2, after pseudo labelling
@@ -168,15 +170,6 @@ from hst.engine.config import TrainConfig
 from hst.engine.train import train
 train(resolve_config(TrainConfig, None, json.loads(sys.argv[1])))
 """
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """The killed run's subprocess uses one thread; float sums depend on the thread count, so this process too."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
