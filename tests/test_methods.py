@@ -16,6 +16,7 @@ import hst.methods.sst as sst_module
 from hst.engine.config import MethodConfig
 from hst.losses import partial_bce
 from hst.methods import METHODS, Method, StepContext, available, create
+from hst.methods.base import FeatureBatch
 from hst.methods.llr import large_loss_rejection_loss, rejection_rate
 from hst.methods.sst import SST, FeatureBank, fixed_threshold_pseudo_labels, sst_threshold
 from hst.models.cst import Prototypes
@@ -52,10 +53,18 @@ def _output(seed: int) -> NetworkOutput:
     return NetworkOutput(logits, semantic)
 
 
-def _feature_source() -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    gen = torch.Generator().manual_seed(99)
+def _feature_source(split: str = "train") -> Iterator[FeatureBatch]:
+    gen = torch.Generator().manual_seed(99 if split == "train" else 98)
     for start in (0, 6):
-        yield torch.arange(start, start + 6), torch.randn(6, CLASSES, DIM, generator=gen), _labels(6, seed=start)
+        labels = _labels(6, seed=start)
+        full = torch.where(labels == 0, torch.ones_like(labels), labels)
+        yield FeatureBatch(
+            torch.arange(start, start + 6),
+            torch.randn(6, CLASSES, generator=gen),
+            torch.randn(6, CLASSES, DIM, generator=gen),
+            labels,
+            full,
+        )
 
 
 def _ctx(epoch: int, batch_index: int = 1, full_labels: torch.Tensor | None = None) -> StepContext:
@@ -68,7 +77,11 @@ def test_registry_holds_every_method() -> None:
         "hst_no_ist",
         "hst_no_cst",
         "hst_no_dtl",
+        "hst_dtl",
+        "hst_no_pseudo_negatives",
+        "hst_no_classifier_evidence",
         "partial_bce",
+        "linear_partial_bce",
         "assume_negative",
         "sst",
         "large_loss_rejection",
@@ -100,8 +113,11 @@ def test_every_method_gives_a_finite_differentiable_loss(name: str, epoch: int) 
         assert output.semantic.grad.abs().sum() > 0
     end_logs = method.on_train_epoch_end(epoch)
     assert all(math.isfinite(v) for v in end_logs.values())
-    if epoch >= 1 and name in {"hst", "sst"}:
+    if epoch >= 1 and name in {"hst_dtl", "sst"}:
         assert "intra_pseudo_count" in result.logs and "inter_pseudo_count" in result.logs
+    if epoch >= 1 and name == "hst":
+        # Calibrated pseudo labels are fixed at the epoch start, with their quality against the full labels.
+        assert "pseudo_all_pos_count" in start_logs and "pseudo_all_neg_possible" in start_logs
 
 
 # ---- pseudo-label policies ------------------------------------------------------------------------
@@ -145,7 +161,9 @@ def _recorder(monkeypatch: pytest.MonkeyPatch, *modules: object) -> list[torch.T
 def test_ist_pseudo_labels_only_fill_unknown_entries_above_threshold(
     monkeypatch: pytest.MonkeyPatch, name: str, expected_row0: list[int]
 ) -> None:
-    config = _config(use_cst=False, sst_threshold_start=0.5, sst_threshold_min=0.0, learn_thresholds=False)
+    config = _config(
+        use_cst=False, sst_threshold_start=0.5, sst_threshold_min=0.0, learn_thresholds=False, thresholds="fixed"
+    )
     method = create(name, config, 4, DIM, 3)
     method.ist_head = _FixedPairs(PAIR_PROBABILITIES)
     # SST shares HST's known-label and co-occurrence step, so both modules are recorded.
@@ -170,7 +188,7 @@ CST_SEMANTIC = torch.tensor(
 
 
 def test_hst_cst_pseudo_labels_from_prototypes(monkeypatch: pytest.MonkeyPatch) -> None:
-    config = _config(use_ist=False, inter_threshold=0.6, learn_thresholds=False, pseudo_label_epoch=0)
+    config = _config(use_ist=False, inter_threshold=0.6, thresholds="fixed", pseudo_label_epoch=0)
     method = create("hst", config, 3, 2, 3)
     # Class 0: two prototypes along x; class 1: one along y (second slot invalid); class 2: none.
     centers = torch.tensor([[[1.0, 0.0], [1.0, 0.0]], [[0.0, 1.0], [0.0, 0.0]], [[0.0, 0.0], [0.0, 0.0]]])

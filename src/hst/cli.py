@@ -181,6 +181,12 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         from hst.engine.benchmark import parse_tune
 
         options.tune = parse_tune(args.tune)
+        if "all" in options.tune:
+            # One grid for every benchmarked method (a method given its own grid keeps that one).
+            shared = options.tune.pop("all")
+            options.tune = {method: options.tune.get(method, shared) for method in options.methods}
+    if args.tune_seeds:
+        options.tune_seeds = _csv_list(args.tune_seeds, int)
     options.workers = args.workers
     from hst.methods import available
 
@@ -363,7 +369,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--tune", default=None,
                        help="per-method grid chosen on validation mAP, e.g. "
                             "'linear_assume_negative:optim.lr=0.003,0.03;optim.weight_decay=0,0.001' "
-                            "(several methods joined by '+')")
+                            "(several methods joined by '+'; 'all:...' gives every method the same grid)")
+    bench.add_argument("--tune-seeds", default=None,
+                       help="seeds whose cells train the whole grid; the other seeds reuse the point chosen there "
+                            "for the same method and proportion (default: every cell tunes)")
     bench.add_argument("--workers", type=int, default=1,
                        help="cells trained at once in separate processes, CPU threads shared out (1)")
     bench.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of the training config")

@@ -56,6 +56,14 @@ def partial_bce(logits: Tensor, labels: Tensor) -> Tensor:
     return _masked_mean(loss, known)
 
 
+def weighted_bce(logits: Tensor, targets: Tensor, weights: Tensor) -> Tensor:
+    """BCE against ``targets`` (+1 / −1; others count as negative where weighted) with per-entry ``weights``,
+    normalised by the total weight; entries of weight 0 are ignored. 0 (with a graph) when nothing counts."""
+    targets, weights = _on(targets, logits), _on(weights, logits).to(logits.dtype)
+    loss = F.binary_cross_entropy_with_logits(logits, (targets > 0).to(logits.dtype), reduction="none")
+    return (loss * weights).sum() / weights.sum().clamp_min(1e-12)
+
+
 def threshold_loss(q: Tensor, labels: Tensor) -> Tensor:
     """Threshold-learning term: partial BCE with the clamped scores ``q`` used as logits."""
     return partial_bce(q, labels)

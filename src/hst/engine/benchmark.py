@@ -39,6 +39,9 @@ class BenchmarkOptions:
     """Per method, a grid of override sets; each cell trains every point and keeps the best validation mAP."""
     workers: int = 1
     """Cells run in this many processes at once (CPU threads are shared out between them)."""
+    tune_seeds: list[int] | None = None
+    """Seeds whose cells train the whole tuning grid; the other seeds of a (method, proportion) train only the
+    point chosen there (None: every cell tunes)."""
 
 
 def parse_tune(text: str) -> dict[str, list[list[str]]]:
@@ -108,8 +111,10 @@ class CellPlan:
     configs: list[TrainConfig]
 
 
-def _plan(options: BenchmarkOptions, method: str, proportion: float, seed: int) -> CellPlan:
-    grid = options.tune.get(method) or [[]]
+def _plan(
+    options: BenchmarkOptions, method: str, proportion: float, seed: int, chosen: list[str] | None = None
+) -> CellPlan:
+    grid = [chosen] if chosen is not None else (options.tune.get(method) or [[]])
     tagged = len(grid) > 1
     configs = [
         cell_config(options, method, proportion, seed, point, f"-t{k}" if tagged else "")
@@ -215,6 +220,20 @@ def run_benchmark(
     todo = [cell for cell in cells if _cell_key(*cell) not in done]
     log(f"{len(cells)} cells, {len(cells) - len(todo)} already done, {len(todo)} to run")
 
+    def reused(cell: tuple[str, float, int]) -> bool:
+        return options.tune_seeds is not None and cell[0] in options.tune and cell[2] not in options.tune_seeds
+
+    def chosen_point(cell: tuple[str, float, int]) -> list[str]:
+        """The grid point a tuning seed's cell of the same method and proportion chose."""
+        method, proportion, _ = cell
+        for seed in options.tune_seeds or []:
+            for row in rows:
+                if _cell_key(row["method"], float(row["proportion"]), int(row["seed"])) == _cell_key(
+                    method, proportion, seed
+                ):
+                    return row["chosen"].split()
+        raise ConfigError(f"{method} p={proportion:g}: no tuned cell of seeds {options.tune_seeds} to reuse")
+
     def finish(number: int, row: dict[str, str]) -> None:
         try:  # runs/<name> relative to the benchmark folder: the table stays valid when the folder moves
             row["run_dir"] = str(Path(row["run_dir"]).resolve().relative_to(out.resolve()))
@@ -225,33 +244,53 @@ def run_benchmark(
         log(f"[{number}/{len(todo)}] {row['method']} p={row['proportion']} seed={row['seed']}: "
             f"test mAP {float(row['test_mAP']):.2f} ({float(row['seconds']):.0f} s) {row['chosen']}".rstrip())
 
-    workers = max(1, int(options.workers))
-    if workers == 1 or len(todo) <= 1:
-        if train_fn is None:
-            from hst.engine.train import train as train_fn
-        for number, cell in enumerate(todo, start=1):
-            finish(number, run_cell(plans[cell], train_fn))
-    else:
-        if train_fn is not None:
-            raise ValueError("a custom train_fn cannot be sent to worker processes; use workers=1")
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-
-        import torch
-
-        _prepare_caches([plans[cell] for cell in todo], log)
-        threads = max(1, torch.get_num_threads() // workers)
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init, initargs=(threads,)) as pool:
-            futures = [pool.submit(_worker_cell, plans[cell]) for cell in todo]
-            for number, future in enumerate(as_completed(futures), start=1):
-                finish(number, future.result())
+    # Tuning cells first; cells that reuse a tuned point are planned once those have finished.
+    first = [cell for cell in todo if not reused(cell)]
+    later = [cell for cell in todo if reused(cell)]
+    counter = iter(range(1, len(todo) + 1))
+    _run_cells([plans[cell] for cell in first], options, train_fn, log, lambda row: finish(next(counter), row))
+    if later:
+        later_plans = [_plan(options, *cell, chosen=chosen_point(cell)) for cell in later]
+        _run_cells(later_plans, options, train_fn, log, lambda row: finish(next(counter), row))
 
     wanted = {_cell_key(*cell) for cell in cells}
     selected = [r for r in rows if _cell_key(r["method"], float(r["proportion"]), int(r["seed"])) in wanted]
     (out / "results.md").write_text(markdown_table(selected, options.methods, options.proportions))
     plot_results(selected, options.methods, options.proportions, out / "results.png")
     return selected
+
+
+def _run_cells(
+    plans: Sequence[CellPlan],
+    options: BenchmarkOptions,
+    train_fn: Callable[[TrainConfig], object] | None,
+    log: Callable[[str], None],
+    finish: Callable[[dict[str, str]], None],
+) -> None:
+    """Train ``plans`` serially or in ``options.workers`` spawned processes, reporting each finished row."""
+    if not plans:
+        return
+    workers = max(1, int(options.workers))
+    if workers == 1 or len(plans) <= 1:
+        if train_fn is None:
+            from hst.engine.train import train as train_fn
+        for plan in plans:
+            finish(run_cell(plan, train_fn))
+        return
+    if train_fn is not None:
+        raise ValueError("a custom train_fn cannot be sent to worker processes; use workers=1")
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    import torch
+
+    _prepare_caches(plans, log)
+    threads = max(1, torch.get_num_threads() // workers)
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init, initargs=(threads,)) as pool:
+        futures = [pool.submit(_worker_cell, plan) for plan in plans]
+        for future in as_completed(futures):
+            finish(future.result())
 
 
 def _aggregate(

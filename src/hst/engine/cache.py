@@ -127,6 +127,7 @@ class FeatureCache:
         self.path = Path(path)
         self.meta = meta
         self._features: np.ndarray | None = None
+        self._pooled: torch.Tensor | None = None
         self._row_of: dict[str, int] | None = None
 
     @property
@@ -155,6 +156,7 @@ class FeatureCache:
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_features"] = None
+        state["_pooled"] = None
         return state
 
     def tensor(self, indices: int | Sequence[int] | np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -165,6 +167,49 @@ class FeatureCache:
             return torch.from_numpy(np.array(self.features[int(indices)], dtype=np.float32))
         rows = np.asarray(indices, dtype=np.int64).reshape(-1)
         return torch.from_numpy(np.array(self.features[rows], dtype=np.float32))
+
+    def poolable(self) -> bool:
+        """True when the stored maps have even sides, so a 2×2 average pool tiles them exactly."""
+        _, _, h, w = self.shape
+        return h % 2 == 0 and w % 2 == 0 and h > 0 and w > 0
+
+    def pooled(self, chunk: int = 256) -> torch.Tensor:
+        """All rows 2×2 average-pooled, in memory (float16 ``N×F×h/2×w/2``, a quarter of the file).
+
+        What a head with the published 2×2 pool reads anyway; it is computed once from the file (in float32,
+        then rounded) and kept next to it as ``<key>.pool2.npy``, so later runs only load it.
+        """
+        if self._pooled is not None:
+            return self._pooled
+        if not self.poolable():
+            raise FeatureCacheError(f"{self.path}: maps of shape {self.shape[2:]} cannot be pooled 2×2 exactly")
+        path = self.path.with_name(f"{self.key}.pool2.npy")
+        n, f, h, w = self.shape
+        expected = (n, f, h // 2, w // 2)
+        array: np.ndarray | None = None
+        if path.is_file():
+            try:
+                loaded = np.load(path)
+                if loaded.shape == expected and loaded.dtype == np.float16:
+                    array = loaded
+            except (OSError, ValueError):
+                array = None
+        if array is None:
+            array = np.empty(expected, dtype=np.float16)
+            for start in range(0, n, chunk):
+                block = torch.from_numpy(np.array(self.features[start : start + chunk], dtype=np.float32))
+                array[start : start + chunk] = torch.nn.functional.avg_pool2d(block, 2).half().numpy()
+            temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            try:
+                with temp.open("wb") as handle:
+                    np.save(handle, array)
+                os.replace(temp, path)
+            except OSError:
+                pass  # a read-only cache folder: keep the pooled copy in memory only
+            finally:
+                temp.unlink(missing_ok=True)
+        self._pooled = torch.from_numpy(array)
+        return self._pooled
 
     def rows_for(self, image_ids: Sequence[str]) -> np.ndarray:
         """Cache rows of ``image_ids`` (e.g. the images of a split carved from the cached source)."""
@@ -351,8 +396,11 @@ class CachedFeatureDataset(Dataset):
         labels: np.ndarray,
         eval_labels: np.ndarray,
         rows: Sequence[int] | np.ndarray | None = None,
+        pooled: bool = False,
     ) -> None:
         self.cache = cache
+        self.pooled = pooled
+        """Serve the 2×2-pooled maps held in memory (:meth:`FeatureCache.pooled`) instead of the file's."""
         self.rows = np.arange(len(cache), dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
         if self.rows.ndim != 1:
             raise ValueError(f"rows must be one-dimensional, got shape {self.rows.shape}")
@@ -367,13 +415,18 @@ class CachedFeatureDataset(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
+    def _rows(self, rows: np.ndarray) -> torch.Tensor:
+        if self.pooled:
+            return self.cache.pooled()[torch.from_numpy(rows)].float()
+        return self.cache.tensor(rows)
+
     def __getitem__(self, index: int) -> tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]:
-        features = self.cache.tensor(int(self.rows[index]))
+        features = self._rows(self.rows[[index]])[0]
         return index, features, self.labels[index], self.eval_labels[index]
 
     def __getitems__(self, indices: list[int]) -> list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]:
-        # one memory-map read per batch instead of one per item
-        batch = self.cache.tensor(self.rows[np.asarray(indices, dtype=np.int64)])
+        # one read per batch instead of one per item
+        batch = self._rows(self.rows[np.asarray(indices, dtype=np.int64)])
         return [(index, batch[i], self.labels[index], self.eval_labels[index]) for i, index in enumerate(indices)]
 
 

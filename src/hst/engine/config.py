@@ -38,6 +38,9 @@ class DataConfig:
     cache_dir: str = ".hst_cache"
     unreadable_images: str = "error"
     """'error' stops at an unreadable image; 'skip' drops it (counted and reported)."""
+    steps_per_epoch: int = 0
+    """Optimizer steps per epoch (batches drawn from reshuffled passes); 0 = one pass over the training split.
+    Schedules counted in epochs (pseudo labels, prototypes, StepLR) then mean the same on any dataset size."""
 
 
 @dataclass
@@ -58,6 +61,14 @@ class ModelConfig:
     use_gnn: bool = True
     channels_last: bool = True
     """Run the backbone in channels-last memory format (2-3× faster depthwise convs on CPU)."""
+    linear_residual: bool = True
+    """SARL head: add a linear classifier of the standardised, globally pooled backbone features to the SARL
+    logits, so the head contains the linear probe; False = the published head."""
+    standardize_pooled: bool = True
+    """Standardise pooled features per dimension (BatchNorm without affine) before the linear classifier."""
+    prior_bias: bool = True
+    """Class biases start at the logit of the class prior of the training labels (as the method reads them);
+    False = the default uniform init (published)."""
 
 
 @dataclass
@@ -71,8 +82,28 @@ class MethodConfig:
     ist_kernel: str = "eager"
     """IST pair kernel: 'eager' or 'compiled' (torch.compile-fused; faster, one-off compile of tens of seconds)."""
     use_cst: bool = True
+    thresholds: str = "calibrated"
+    """Pseudo-label thresholds: 'calibrated' (per class, recomputed each pseudo-label epoch from the known
+    entries to reach target_precision; see hst.methods.thresholds), 'learned' (published DTL scalars), or
+    'fixed' (intra_threshold / inter_threshold as given)."""
+    target_precision: float = 0.9
+    """Calibrated thresholds: precision of pseudo positives on the held-out known entries."""
+    negative_precision: float = 0.98
+    """Calibrated thresholds: precision of pseudo negatives on the held-out known entries."""
+    calibration_min_positives: int = 5
+    """A class gets calibrated pseudo positives only with at least this many scored known positives."""
+    pseudo_negatives: bool = True
+    """Calibrated mode: also turn unknown entries with strong negative evidence into negatives."""
+    classifier_evidence: bool = True
+    """Calibrated mode: the classifier's own probabilities are a third source of evidence next to IST and CST
+    (calibrated on the validation split's known entries, which the classifier never trained on)."""
+    pseudo_label_weight: float = 1.0
+    """Calibrated mode: loss weight of a pseudo-labelled entry relative to a known one."""
+    unknown_negative_weight: float = 1.0
+    """Calibrated mode, before the first pseudo-label epoch: weight of unknown entries taken as negatives
+    (0 = known labels only)."""
     learn_thresholds: bool = True
-    """DTL: learn the IST and CST thresholds; False keeps them fixed at the initial values."""
+    """'learned' mode (DTL): learn the IST and CST thresholds; False keeps them at the initial values."""
     intra_threshold: float = 1.0
     inter_threshold: float = 1.0
     threshold_param_group: bool = True
@@ -88,8 +119,9 @@ class MethodConfig:
     prototype_weight: float = 0.05
     intra_pseudo_weight: float = 1.0
     inter_pseudo_weight: float = 1.0
-    ignore_unknown_pairs: bool = False
-    """IST co-occurrence loss: True ignores pairs with an unknown label; False = published (negatives)."""
+    ignore_unknown_pairs: bool = True
+    """IST co-occurrence loss: True ignores pairs with an unknown label; False = published (negatives, which
+    at low known proportions pushes true co-occurrences towards zero)."""
     published_prototype_sign: bool = False
     """True reproduces the published prototype loss, which pushes positives away from their prototypes."""
     prototypes_per_class: int = 10
@@ -111,6 +143,8 @@ class OptimConfig:
     weight_decay: float = 5e-4
     step_size: int = 6
     gamma: float = 0.1
+    decay_biases: bool = False
+    """Apply weight decay to biases and normalisation parameters too (published: True)."""
 
 
 @dataclass
@@ -141,6 +175,8 @@ class TrainerConfig:
     progress_bar: bool = True
     log_every_n_steps: int = 10
     limit_train_batches: float = 1.0
+    early_stopping_patience: int = 0
+    """Stop when validation mAP has not improved for this many epochs (0 = train all epochs)."""
 
 
 @dataclass

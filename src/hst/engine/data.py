@@ -12,7 +12,7 @@ import lightning as L
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 from torchvision.transforms import v2
 
 from hst.data.base import DataError, MultiLabelData, image_problem
@@ -262,10 +262,12 @@ class PartialLabelDataModule(L.LightningDataModule):
         std: tuple[float, ...],
         seed: int = 0,
         caches: tuple[FeatureCache, FeatureCache] | None = None,
+        pooled: bool = False,
     ):
         super().__init__()
         self.seed = seed
         self.caches = caches
+        self.pooled = pooled
         self.splits = splits
         self.config = config
         self.train_transform = build_transform(config.image_size, config.augment, mean, std)
@@ -292,11 +294,25 @@ class PartialLabelDataModule(L.LightningDataModule):
             return ImageLabelDataset(data, labels, eval_labels, transform, hint=hint)
         cache = self.caches[1] if part == "test" else self.caches[0]
         rows = {"train": s.train_rows, "val": s.val_rows, "test": s.test_rows}[part]
-        return CachedFeatureDataset(cache, labels, eval_labels, rows=rows)
+        return CachedFeatureDataset(cache, labels, eval_labels, rows=rows, pooled=self.pooled)
 
     def train_dataloader(self) -> DataLoader:
         s = self.splits
         dataset = self._dataset("train", s.train.labels, s.train_full, augment=True)
+        steps = self.config.steps_per_epoch
+        if steps > 0:
+            # A fixed number of batches per epoch, drawn from consecutive reshuffled passes over the data.
+            generator = torch.Generator().manual_seed(self.seed)
+            sampler = RandomSampler(dataset, num_samples=steps * self.config.batch_size, generator=generator)
+            return DataLoader(
+                dataset,
+                batch_size=self.config.batch_size,
+                sampler=sampler,
+                drop_last=True,
+                num_workers=self.config.num_workers,
+                persistent_workers=self.config.num_workers > 0,
+                generator=generator,
+            )
         # Keep the last small batch unless it would hold a single image (BatchNorm needs two).
         drop = len(dataset) % self.config.batch_size == 1
         return self._loader(dataset, True, self.config.batch_size, drop_last=drop)

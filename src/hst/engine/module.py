@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from hst.engine.config import TrainConfig
 from hst.methods import StepContext, create
-from hst.methods.base import TorchDistributed
+from hst.methods.base import FeatureBatch, TorchDistributed
 from hst.metrics import evaluate
 from hst.models.network import NetworkOutput, PartialLabelNetwork, build_network
 
@@ -63,6 +63,8 @@ class PartialLabelModule(L.LightningModule):
             raise ValueError(
                 f"method {config.method.name!r} needs per-class semantic features; use model.head=sarl"
             )
+        if config.model.prior_bias:
+            self.network.init_class_bias(self.method.class_prior(np.asarray(train_labels)))
         self._outputs: dict[str, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {"val": [], "test": []}
         self.last_metrics: dict[str, dict[str, Any]] = {}
         self.last_scores: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -77,9 +79,13 @@ class PartialLabelModule(L.LightningModule):
 
     features_cached: bool = False
     """True when batches hold cached backbone feature maps instead of images."""
+    features_pooled: bool = False
+    """True when the cached maps are already 2×2 average-pooled."""
 
     def _network(self, inputs: torch.Tensor) -> NetworkOutput:
-        return self.network.head(inputs) if self.features_cached else self.network(inputs)
+        if self.features_cached:
+            return self.network.head(inputs, pooled=self.features_pooled)
+        return self.network(inputs)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self._network(images).logits
@@ -94,8 +100,12 @@ class PartialLabelModule(L.LightningModule):
             self.method.collective = TorchDistributed(self.trainer.strategy.root_device)
 
     # ---- training -------------------------------------------------------------------------------
-    def _feature_source(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        loader = self.trainer.datamodule.features_dataloader()  # type: ignore[attr-defined]
+    def _feature_source(self, split: str = "train") -> Iterator[FeatureBatch]:
+        datamodule = self.trainer.datamodule  # type: ignore[attr-defined]
+        if split not in {"train", "val"}:
+            raise ValueError(f"feature source split must be 'train' or 'val', got {split!r}")
+        # The class's own val loader: under select_on=test the instance's is the test split.
+        loader = datamodule.features_dataloader() if split == "train" else type(datamodule).val_dataloader(datamodule)
         group = self.method.collective
         if group.world_size > 1:
             # Each process extracts every world_size-th row; the method gathers what it needs.
@@ -111,9 +121,15 @@ class PartialLabelModule(L.LightningModule):
         self.network.eval()
         try:
             with torch.no_grad():
-                for indices, images, labels, _ in loader:
+                for indices, images, labels, full_labels in loader:
                     output = self._network(images.to(self.device))
-                    yield indices.to(self.device), output.semantic, labels.to(self.device)
+                    yield FeatureBatch(
+                        indices.to(self.device),
+                        output.logits,
+                        output.semantic,
+                        labels.to(self.device),
+                        full_labels.to(self.device),
+                    )
         finally:
             self.network.train(was_training)
 
@@ -250,8 +266,14 @@ class PartialLabelModule(L.LightningModule):
         optim = self.config.optim
         thresholds = self.method.threshold_parameters()
         threshold_ids = {id(p) for p in thresholds}
-        main = [p for p in self.parameters() if p.requires_grad and id(p) not in threshold_ids]
+        trainable = [p for p in self.parameters() if p.requires_grad and id(p) not in threshold_ids]
+        # Biases and normalisation parameters (1-D) are not decayed unless asked: decay would pull the class
+        # biases away from the class prior they start at.
+        main = [p for p in trainable if optim.decay_biases or p.ndim > 1]
         groups: list[dict[str, Any]] = [{"params": main, "lr": optim.lr, "weight_decay": optim.weight_decay}]
+        undecayed = [p for p in trainable if not optim.decay_biases and p.ndim <= 1]
+        if undecayed:
+            groups.append({"params": undecayed, "lr": optim.lr, "weight_decay": 0.0})
         if thresholds:
             if self.config.method.threshold_param_group:
                 m = self.config.method

@@ -29,15 +29,22 @@ METHODS: dict[str, MethodFactory] = {
     "hst_no_cst": _variant(HST, use_cst=False),
     # Without DTL the thresholds stay where they start; 1.0 would yield no pseudo labels at all, so the
     # ablation fixes them at SST's final value.
-    "hst_no_dtl": _variant(HST, learn_thresholds=False, intra_threshold=0.75, inter_threshold=0.75),
+    "hst_no_pseudo_negatives": _variant(HST, pseudo_negatives=False),
+    "hst_no_classifier_evidence": _variant(HST, classifier_evidence=False),
+    # The published method: thresholds learned by DTL from 1.0, positive pseudo labels only.
+    "hst_dtl": _variant(HST, thresholds="learned"),
+    # Fixed thresholds; 1.0 would yield no pseudo labels at all, so the ablation fixes them at SST's final value.
+    "hst_no_dtl": _variant(HST, thresholds="fixed", intra_threshold=0.75, inter_threshold=0.75),
     "sst": SST,
     "large_loss_rejection": LargeLossRejection,
     "linear_assume_negative": AssumeNegative,
+    "linear_partial_bce": PartialBCE,
 }
 
 MODEL_PRESETS: dict[str, dict[str, object]] = {
     # The frozen-feature reference: global pool + linear classifier, unknowns as negatives.
     "linear_assume_negative": {"head": "linear"},
+    "linear_partial_bce": {"head": "linear"},
 }
 """Model settings a method name implies; applied by the engine before the network is built."""
 

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -41,8 +42,24 @@ class LossOutput:
     logs: dict[str, float] = field(default_factory=dict)
 
 
-FeatureSource = Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]
-"""Yields (dataset rows, semantic features B×C×D, training labels) over the training set, no grad.
+class FeatureBatch(NamedTuple):
+    """One batch of a no-grad pass over a split (see :data:`FeatureSource`)."""
+
+    indices: torch.Tensor
+    """Dataset rows of the split."""
+    logits: torch.Tensor
+    """B×C class logits."""
+    semantic: torch.Tensor
+    """B×C×D pre-GNN semantic features."""
+    labels: torch.Tensor
+    """B×C labels a user has: partial training labels, or the validation split's (partial) labels."""
+    full_labels: torch.Tensor | None
+    """B×C ground truth where the dataset has it, for logging pseudo-label quality only; never for training."""
+
+
+FeatureSource = Callable[..., Iterator[FeatureBatch]]
+"""``features(split="train")`` yields :class:`FeatureBatch` es over the training split (or ``"val"``), without
+gradients, the network in evaluation mode.
 
 Under data parallelism each process sees only its share of the rows; a method gathers what it needs
 through its :class:`Collective`.
@@ -162,6 +179,15 @@ class Method(nn.Module):
         """Learnable thresholds (DTL); the engine may give them their own optimizer group."""
         return []
 
+    def class_prior(self, labels: np.ndarray) -> np.ndarray:
+        """Per-class positive rate of the targets this method trains on (for the initial class biases).
+
+        Default: the positive rate of the known entries (unknown entries are not trained on, or become
+        pseudo labels at about that rate); smoothed so that a class without known positives is not 0.
+        """
+        known = (labels != 0).sum(0)
+        return ((labels > 0).sum(0) + 0.5) / (known + 1.0)
+
     def extra_state(self) -> dict[str, Any]:
         """Non-parameter state to checkpoint (prototypes, memory banks, schedules)."""
         return {}
@@ -184,6 +210,10 @@ class AssumeNegative(Method):
     """Unknown labels treated as negatives (the naive baseline)."""
 
     name = "assume_negative"
+
+    def class_prior(self, labels: np.ndarray) -> np.ndarray:
+        # Unknown entries are negatives here: the target rate is known positives over all entries.
+        return ((labels > 0).sum(0) + 0.5) / (labels.shape[0] + 1.0)
 
     def training_loss(self, output: NetworkOutput, labels: torch.Tensor, ctx: StepContext) -> LossOutput:
         filled = torch.where(labels == 0, torch.full_like(labels, -1), labels)

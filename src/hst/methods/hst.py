@@ -1,17 +1,24 @@
-"""HST: SARL + intra-image (IST) and cross-image (CST) semantic transfer with learned thresholds (DTL).
+"""HST: SARL + intra-image (IST) and cross-image (CST) semantic transfer with pseudo-label thresholds.
 
 Objective per step (hst-reference §6.5), e = epoch, w = linear ramp over epoch 0:
-    BCE(s, y) + w·λ_co·ASL_cooc(m, y) + w·λ_inst·L_inst(f, y)
-  e ≥ pseudo_label_epoch adds
-    + BCE(s, ŷ_intra) + λ_dtl·BCE(q_intra, y)              (IST)
-    + BCE(s, ŷ_inter) + λ_dtl·BCE(q_inter, y) + λ_p·L_proto  (CST)
-Only unknown entries receive pseudo labels (positive only); known labels never change.
+    L_cls + w·λ_co·ASL_cooc(m, y) + w·λ_inst·L_inst(f, y)  [+ λ_p·L_proto once prototypes exist]
+
+``method.thresholds=calibrated`` (default): before ``pseudo_label_epoch`` L_cls is BCE on the known labels
+plus the unknown entries as negatives at weight ``unknown_negative_weight``; from then on, at the start of
+every epoch, per-class thresholds are calibrated on the known entries (``hst.methods.thresholds``) and the
+unknown entries get pseudo positives and pseudo negatives from IST, CST and classifier evidence; L_cls is BCE on
+known + pseudo-labelled entries, the rest ignored.
+
+``method.thresholds=learned`` (the published DTL) or ``fixed``: L_cls = BCE(s, y), and e ≥ pseudo_label_epoch
+adds + BCE(s, ŷ_intra) + λ_dtl·BCE(q_intra, y) (IST) + BCE(s, ŷ_inter) + λ_dtl·BCE(q_inter, y) (CST), pseudo
+positives only. Known labels never change.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -23,11 +30,26 @@ from hst.losses import (
     prototype_loss,
     threshold_loss,
     threshold_pseudo_labels,
+    weighted_bce,
 )
 from hst.methods.base import FeatureSource, LossOutput, Method, StepContext
-from hst.models.cst import Prototypes, inter_scores, prototypes_from_lists
-from hst.models.ist import ISTHead, intra_scores
+from hst.methods.thresholds import ClassThresholds, calibrate, decide, quality
+from hst.models.cst import Prototypes, inter_scores, prototype_similarity, prototypes_from_lists
+from hst.models.ist import ISTHead, intra_scores, intra_scores_leave_one_out
 from hst.models.network import NetworkOutput
+
+THRESHOLD_MODES = ("calibrated", "learned", "fixed")
+
+
+def cooccurrence_term(
+    config: MethodConfig, ist_head: ISTHead | None, semantic: torch.Tensor, labels: torch.Tensor, ramp: float
+) -> tuple[torch.Tensor | None, dict[str, float], torch.Tensor | None]:
+    """The ramped IST co-occurrence loss: (loss or None without an IST head, logs, pair logits or None)."""
+    if ist_head is None:
+        return None, {}, None
+    pair_logits = ist_head(semantic)
+    cooc = intra_cooccurrence_loss(pair_logits, labels, ignore_unknown_pairs=config.ignore_unknown_pairs)
+    return ramp * config.intra_cooccurrence_weight * cooc, {"cooccurrence": float(cooc.detach())}, pair_logits
 
 
 def known_and_cooccurrence_loss(
@@ -38,18 +60,12 @@ def known_and_cooccurrence_loss(
     labels: torch.Tensor,
     ramp: float,
 ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor | None]:
-    """The part HST and SST share: BCE on known labels plus the ramped IST co-occurrence loss.
-
-    Returns (loss, logs, pair logits or None without an IST head).
-    """
+    """The part HST (published thresholds) and SST share: BCE on known labels plus the ramped IST
+    co-occurrence loss. Returns (loss, logs, pair logits or None without an IST head)."""
     base = partial_bce(logits, labels)
-    logs: dict[str, float] = {"bce": float(base.detach())}
-    if ist_head is None:
-        return base, logs, None
-    pair_logits = ist_head(semantic)
-    cooc = intra_cooccurrence_loss(pair_logits, labels, ignore_unknown_pairs=config.ignore_unknown_pairs)
-    logs["cooccurrence"] = float(cooc.detach())
-    return base + ramp * config.intra_cooccurrence_weight * cooc, logs, pair_logits
+    term, logs, pair_logits = cooccurrence_term(config, ist_head, semantic, labels, ramp)
+    logs = {"bce": float(base.detach()), **logs}
+    return (base if term is None else base + term), logs, pair_logits
 
 
 def pseudo_label_logs(
@@ -67,30 +83,44 @@ def pseudo_label_logs(
 
 
 class HST(Method):
+    """Heterogeneous Semantic Transfer: SARL features, an IST co-occurrence head, CST prototypes, and
+    pseudo labels for the unknown entries (``method.thresholds`` says how they are thresholded)."""
+
     name = "hst"
     needs_semantic = True
 
     def __init__(self, config: MethodConfig, num_classes: int, feature_dim: int, num_train: int) -> None:
         super().__init__(config, num_classes, feature_dim, num_train)
+        if config.thresholds not in THRESHOLD_MODES:
+            raise ValueError(f"method.thresholds must be one of {THRESHOLD_MODES}, got {config.thresholds!r}")
         self.ist_head = (
             ISTHead(num_classes, feature_dim, feature_dim // 2, feature_dim, kernel=config.ist_kernel)
             if config.use_ist
             else None
         )
-        learn = config.learn_thresholds
+        learn = config.learn_thresholds and config.thresholds == "learned"
         self.intra_threshold = nn.Parameter(torch.tensor(float(config.intra_threshold)), requires_grad=learn)
         self.inter_threshold = nn.Parameter(torch.tensor(float(config.inter_threshold)), requires_grad=learn)
         self.prototypes: Prototypes | None = None
+        self.pseudo_targets: torch.Tensor | None = None
+        """Calibrated mode: int8 ``num_train×C`` pseudo labels of the current epoch, by training row."""
+        self.calibration: dict[str, ClassThresholds] = {}
         self._epoch_counts: dict[str, float] = {}
 
+    @property
+    def calibrated(self) -> bool:
+        return self.config.thresholds == "calibrated"
+
     def _threshold_logs(self) -> dict[str, float]:
+        if self.calibrated:
+            return {}
         return {
             "intra_threshold": float(self.intra_threshold.detach()),
             "inter_threshold": float(self.inter_threshold.detach()),
         }
 
     def threshold_parameters(self) -> list[nn.Parameter]:
-        if not self.config.learn_thresholds:
+        if not (self.config.learn_thresholds and self.config.thresholds == "learned"):
             return []
         out = []
         if self.config.use_ist:
@@ -99,7 +129,7 @@ class HST(Method):
             out.append(self.inter_threshold)
         return out
 
-    # ---- prototypes ------------------------------------------------------------------------------
+    # prototypes ---------------------------------------------------------------------------------------
     def _prototype_epoch(self, epoch: int) -> bool:
         c = self.config
         if not c.use_cst or epoch < c.pseudo_label_epoch:
@@ -108,25 +138,11 @@ class HST(Method):
             return True  # first time (or after a resume that carried none)
         return c.prototype_every > 0 and (epoch - c.pseudo_label_epoch) % c.prototype_every == 0
 
-    def on_train_epoch_start(self, epoch: int, features: FeatureSource) -> dict[str, float]:
-        self._epoch_counts = {}
-        logs = self._threshold_logs()
-        if not self._prototype_epoch(epoch):
-            return logs
-        collected_features: list[torch.Tensor] = []
-        collected_classes: list[torch.Tensor] = []
-        collected_rows: list[torch.Tensor] = []
-        for indices, semantic, labels in features():
-            rows, classes = torch.nonzero(labels > 0, as_tuple=True)
-            collected_features.append(semantic[rows, classes].float())
-            collected_classes.append(classes)
-            collected_rows.append(indices.to(classes.device)[rows])
-        device = self.intra_threshold.device
-        feats = torch.cat(collected_features) if collected_features else torch.zeros(0, self.feature_dim)
-        classes = torch.cat(collected_classes) if collected_classes else torch.zeros(0, dtype=torch.long)
+    def _cluster(self, feats: torch.Tensor, classes: torch.Tensor, rows: torch.Tensor, seed: int) -> Prototypes:
+        """K-means prototypes per class of the given known-positive features, the same on every process."""
         group = self.collective
+        device = self.intra_threshold.device
         if group.world_size > 1:
-            rows = torch.cat(collected_rows) if collected_rows else torch.zeros(0, dtype=torch.long)
             feats = group.gather_rows(feats.to(device))
             classes = group.gather_rows(classes.to(device))
             rows = group.gather_rows(rows.to(device))
@@ -137,34 +153,181 @@ class HST(Method):
         order = torch.argsort(classes, stable=True)
         counts = torch.bincount(classes, minlength=self.num_classes).tolist()
         per_class = list(torch.split(feats[order].to(device), counts))
-        prototypes = prototypes_from_lists(
-            per_class, k=self.config.prototypes_per_class, seed=epoch, iters=self.config.kmeans_iters
-        )
+        prototypes = prototypes_from_lists(per_class, k=self.config.prototypes_per_class, seed=seed,
+                                           iters=self.config.kmeans_iters)
         if group.world_size > 1:
             # Every process clusters the same features; rank 0's result is taken so that they agree bit for bit.
             prototypes = Prototypes(group.broadcast(prototypes.centers), group.broadcast(prototypes.valid))
-        self.prototypes = prototypes
+        return prototypes
+
+    def _known_positive_features(self, features: FeatureSource) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        collected: tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]] = ([], [], [])
+        for batch in features("train"):
+            rows, classes = torch.nonzero(batch.labels > 0, as_tuple=True)
+            collected[0].append(batch.semantic[rows, classes].float())
+            collected[1].append(classes)
+            collected[2].append(batch.indices.to(classes.device)[rows])
+        if not collected[0]:
+            return torch.zeros(0, self.feature_dim), torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
+        return torch.cat(collected[0]), torch.cat(collected[1]), torch.cat(collected[2])
+
+    def on_train_epoch_start(self, epoch: int, features: FeatureSource) -> dict[str, float]:
+        self._epoch_counts = {}
+        logs = self._threshold_logs()
+        if self.calibrated:
+            if epoch >= self.config.pseudo_label_epoch:
+                logs |= self._calibrate(epoch, features)
+            return logs
+        if not self._prototype_epoch(epoch):
+            return logs
+        feats, classes, rows = self._known_positive_features(features)
+        self.prototypes = self._cluster(feats, classes, rows, seed=epoch)
         logs["prototype_classes"] = float(self.prototypes.valid.any(dim=1).sum())
         return logs
 
-    # ---- loss ------------------------------------------------------------------------------------
+    # calibrated pseudo labels ------------------------------------------------------------------------
+    def _gather_sorted(self, rows: torch.Tensor, *arrays: torch.Tensor) -> list[np.ndarray]:
+        """Rows of every process in dataset-row order (each process scored its own share)."""
+        group = self.collective
+        if group.world_size > 1:
+            rows = group.gather_rows(rows)
+            arrays = tuple(group.gather_rows(a) for a in arrays)
+        order = torch.argsort(rows.cpu(), stable=True)
+        return [rows.cpu()[order].numpy(), *(a.cpu()[order].numpy() for a in arrays)]
+
+    @torch.no_grad()
+    def _calibrate(self, epoch: int, features: FeatureSource) -> dict[str, float]:
+        """Score every training entry with each evidence source, calibrate per-class thresholds on the known
+        entries, and fix this epoch's pseudo labels (``self.pseudo_targets``)."""
+        c = self.config
+        nan = float("nan")
+        folds: tuple[Prototypes, Prototypes] | None = None
+        if c.use_cst:
+            feats, classes, rows = self._known_positive_features(features)
+            self.prototypes = self._cluster(feats, classes, rows, seed=epoch)
+            # Cross-fitting: each half of the images is scored against prototypes of the other half only.
+            half = rows % 2
+            folds = (
+                self._cluster(feats[half == 0], classes[half == 0], rows[half == 0], seed=epoch),
+                self._cluster(feats[half == 1], classes[half == 1], rows[half == 1], seed=epoch),
+            )
+        parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("rows", "labels", "full", "prob", "ist", "cst")}
+        for batch in features("train"):
+            parts["rows"].append(batch.indices.long())
+            parts["labels"].append(batch.labels.to(torch.int8))
+            full = batch.full_labels if batch.full_labels is not None else torch.zeros_like(batch.labels)
+            parts["full"].append(full.to(torch.int8))
+            parts["prob"].append(torch.sigmoid(batch.logits.float()))
+            size = batch.logits.shape
+            if self.ist_head is not None:
+                parts["ist"].append(intra_scores_leave_one_out(self.ist_head(batch.semantic), batch.labels).float())
+            else:
+                parts["ist"].append(torch.full(size, nan, device=batch.logits.device))
+            if folds is not None:
+                scored = []
+                for fold in folds:
+                    similarity, available = prototype_similarity(batch.semantic.float(), fold)
+                    scored.append(similarity.masked_fill(~available.to(similarity.device), nan))
+                other = (batch.indices.to(batch.logits.device) % 2 == 0)[:, None]  # row in half 0: use half 1
+                parts["cst"].append(torch.where(other, scored[1], scored[0]))
+            else:
+                parts["cst"].append(torch.full(size, nan, device=batch.logits.device))
+        if not parts["rows"]:
+            return {}
+        cat = {k: torch.cat(v) for k, v in parts.items()}
+        rows_np, labels, full, prob, ist, cst = self._gather_sorted(
+            cat["rows"], cat["labels"], cat["full"], cat["prob"], cat["ist"], cat["cst"]
+        )
+        labels = labels.astype(np.int8)
+        scores: dict[str, np.ndarray] = {}
+        thresholds: dict[str, ClassThresholds] = {}
+        settings = (c.target_precision, c.negative_precision, c.calibration_min_positives)
+        if c.use_ist:
+            scores["ist"], thresholds["ist"] = ist, calibrate(ist, labels, *settings)
+        if c.use_cst:
+            scores["cst"], thresholds["cst"] = cst, calibrate(cst, labels, *settings)
+        if c.classifier_evidence:
+            # The classifier was fit to the training split's known entries; its validation scores are unbiased.
+            val_probs, val_labels = [], []
+            for batch in features("val"):
+                val_probs.append(torch.sigmoid(batch.logits.float()).cpu())
+                val_labels.append(batch.labels.to(torch.int8).cpu())
+            if val_probs:
+                vp = torch.cat(val_probs).numpy()
+                vl = torch.cat(val_labels).numpy()
+                scores["classifier"] = prob
+                thresholds["classifier"] = calibrate(vp, vl, *settings, pooled=True)
+        decision = decide(labels, scores, thresholds, rank_by=prob, negatives=c.pseudo_negatives)
+        table = torch.zeros(max(self.num_train, int(rows_np.max()) + 1), self.num_classes, dtype=torch.int8)
+        table[torch.from_numpy(rows_np)] = torch.from_numpy(decision.targets)
+        self.pseudo_targets = table.to(self.intra_threshold.device)
+        self.calibration = thresholds
+        has_truth = bool((full != 0).any())
+        logs: dict[str, float] = {}
+        for name, values in {**decision.sources, "all": decision.targets}.items():
+            for key, value in quality(values, labels, full if has_truth else None).items():
+                logs[f"pseudo_{name}_{key}"] = value
+        for name, t in thresholds.items():
+            logs[f"calibrated_{name}_classes"] = float(np.isfinite(t.positive).sum())
+        if self.prototypes is not None:
+            logs["prototype_classes"] = float(self.prototypes.valid.any(dim=1).sum())
+        return logs
+
+    def _classification_loss(
+        self, logits: torch.Tensor, labels: torch.Tensor, ctx: StepContext
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Calibrated mode: BCE on known entries and, per phase, unknown-as-negative or pseudo-labelled ones."""
+        c = self.config
+        known = labels != 0
+        if ctx.epoch >= c.pseudo_label_epoch and self.pseudo_targets is not None:
+            pseudo = self.pseudo_targets[ctx.indices.to(self.pseudo_targets.device)].to(labels.device, labels.dtype)
+            targets = torch.where(known, labels, pseudo)
+            weights = torch.where(known, 1.0, torch.where(pseudo != 0, c.pseudo_label_weight, 0.0))
+            loss = weighted_bce(logits, targets, weights)
+            return loss, {"bce": float(loss.detach()), "pseudo_entries": float((~known & (pseudo != 0)).sum())}
+        targets = torch.where(known, labels, torch.full_like(labels, -1))
+        weights = torch.where(known, 1.0, c.unknown_negative_weight)
+        loss = weighted_bce(logits, targets, weights)
+        return loss, {"bce": float(loss.detach())}
+
+    # loss ---------------------------------------------------------------------------------------------
     def training_loss(self, output: NetworkOutput, labels: torch.Tensor, ctx: StepContext) -> LossOutput:
         c = self.config
         logits, semantic = output.logits, output.semantic
         labels = labels.to(logits.device)
         ramp = ctx.ramp if c.warmup_ramp else 1.0
+        if self.calibrated:
+            loss, logs = self._classification_loss(logits, labels, ctx)
+            term, cooc_logs, _ = cooccurrence_term(c, self.ist_head, semantic, labels, ramp)
+            logs |= cooc_logs
+            if term is not None:
+                loss = loss + term
+            if c.use_cst:
+                inst = instance_contrastive_loss(semantic, labels)
+                loss = loss + ramp * c.instance_contrastive_weight * inst
+                logs["instance"] = float(inst.detach())
+                if self.prototypes is not None:
+                    proto = prototype_loss(semantic, labels, self.prototypes, published_sign=c.published_prototype_sign)
+                    loss = loss + c.prototype_weight * proto
+                    logs["prototype"] = float(proto.detach())
+            return LossOutput(loss, logs)
+        return self._published_loss(logits, semantic, labels, ctx, ramp)
+
+    def _published_loss(
+        self, logits: torch.Tensor, semantic: torch.Tensor, labels: torch.Tensor, ctx: StepContext, ramp: float
+    ) -> LossOutput:
+        c = self.config
         pseudo_phase = ctx.epoch >= c.pseudo_label_epoch
         loss, logs, pair_logits = known_and_cooccurrence_loss(c, self.ist_head, logits, semantic, labels, ramp)
 
-        if pair_logits is not None:
-            if pseudo_phase:
-                scores = intra_scores(pair_logits, labels)
-                pseudo, clamped = threshold_pseudo_labels(labels, scores, self.intra_threshold)
-                intra_bce = partial_bce(logits, pseudo)
-                dtl = threshold_loss(clamped, labels)
-                loss = loss + c.intra_pseudo_weight * intra_bce + c.intra_dtl_weight * dtl
-                logs |= {"intra_bce": float(intra_bce.detach()), "intra_dtl": float(dtl.detach())}
-                logs |= pseudo_label_logs("intra", labels, pseudo, ctx.full_labels)
+        if pair_logits is not None and pseudo_phase:
+            scores = intra_scores(pair_logits, labels)
+            pseudo, clamped = threshold_pseudo_labels(labels, scores, self.intra_threshold)
+            intra_bce = partial_bce(logits, pseudo)
+            dtl = threshold_loss(clamped, labels)
+            loss = loss + c.intra_pseudo_weight * intra_bce + c.intra_dtl_weight * dtl
+            logs |= {"intra_bce": float(intra_bce.detach()), "intra_dtl": float(dtl.detach())}
+            logs |= pseudo_label_logs("intra", labels, pseudo, ctx.full_labels)
 
         if c.use_cst:
             inst = instance_contrastive_loss(semantic, labels)
@@ -175,9 +338,7 @@ class HST(Method):
                 pseudo, clamped = threshold_pseudo_labels(labels, scores, self.inter_threshold)
                 inter_bce = partial_bce(logits, pseudo)
                 dtl = threshold_loss(clamped, labels)
-                proto = prototype_loss(
-                    semantic, labels, self.prototypes, published_sign=c.published_prototype_sign
-                )
+                proto = prototype_loss(semantic, labels, self.prototypes, published_sign=c.published_prototype_sign)
                 loss = (
                     loss + c.inter_pseudo_weight * inter_bce + c.inter_dtl_weight * dtl + c.prototype_weight * proto
                 )
@@ -196,16 +357,24 @@ class HST(Method):
             logs[f"epoch_{key}"] = value
         return logs
 
-    # ---- state -----------------------------------------------------------------------------------
+    # state --------------------------------------------------------------------------------------------
     def extra_state(self) -> dict[str, Any]:
-        if self.prototypes is None:
-            return {"prototypes": None}
-        return {"prototypes": {k: v.cpu() for k, v in self.prototypes.state_dict().items()}}
+        state: dict[str, Any] = {
+            "prototypes": None
+            if self.prototypes is None
+            else {k: v.cpu() for k, v in self.prototypes.state_dict().items()},
+            "pseudo_targets": None if self.pseudo_targets is None else self.pseudo_targets.cpu(),
+            "calibration": {name: t.to_dict() for name, t in self.calibration.items()},
+        }
+        return state
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
-        saved = state.get("prototypes")
-        if saved is None:
-            self.prototypes = None
-            return
         device = self.intra_threshold.device
-        self.prototypes = Prototypes.from_state_dict(saved).to(device)
+        saved = state.get("prototypes")
+        self.prototypes = None if saved is None else Prototypes.from_state_dict(saved).to(device)
+        table = state.get("pseudo_targets")
+        self.pseudo_targets = None if table is None else table.to(device)
+        self.calibration = {
+            name: ClassThresholds(np.asarray(t["positive"], dtype=float), np.asarray(t["negative"], dtype=float))
+            for name, t in (state.get("calibration") or {}).items()
+        }

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -62,6 +63,10 @@ class LargeLossRejection(Method):
 
     def rate(self, epoch: int) -> float:
         return rejection_rate(self.config.llr_delta_rel, epoch)
+
+    def class_prior(self, labels: np.ndarray) -> np.ndarray:
+        # Built on assume-negative: unknown entries are negatives.
+        return ((labels > 0).sum(0) + 0.5) / (labels.shape[0] + 1.0)
 
     def on_train_epoch_start(self, epoch: int, features: FeatureSource) -> dict[str, float]:
         self._epoch_counts = {}

@@ -125,8 +125,9 @@ class FeatureReducer(nn.Module):
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=1, bias=False)
         self.bn = nn.BatchNorm2d(out_channels)
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.bn(self.conv(self.pool(features)))
+    def forward(self, features: torch.Tensor, pooled: bool = False) -> torch.Tensor:
+        """``pooled``: ``features`` were already average-pooled 2×2 (the pool is skipped)."""
+        return self.bn(self.conv(features if pooled else self.pool(features)))
 
 
 def create_backbone(name: str, weights: str | Path = "offline", trainable: str = "last_stage") -> Backbone:

@@ -249,3 +249,17 @@ def intra_scores(pair_logits: Tensor, labels: Tensor) -> Tensor:
     pos = (labels.to(matrix.device) > 0).to(matrix.dtype)
     total = torch.bmm(matrix, pos.unsqueeze(2)).squeeze(2)
     return total / pos.sum(1, keepdim=True).clamp(min=1)
+
+
+def intra_scores_leave_one_out(pair_logits: Tensor, labels: Tensor) -> Tensor:
+    """IST score without the entry's own label: mean co-occurrence of class ``i`` with the image's *other*
+    known positives, ``Σ_{j∈K⁺, j≠i} M_ij / |K⁺ \\ {i}|``; NaN where no other known positive exists.
+
+    The published score counts the self term (1) for a known positive, so known positives cannot tell how
+    well the score finds hidden ones; this one can serve to calibrate thresholds on known entries.
+    """
+    matrix = cooccurrence_matrix(pair_logits)
+    pos = (labels.to(matrix.device) > 0).to(matrix.dtype)
+    total = torch.bmm(matrix, pos.unsqueeze(2)).squeeze(2) - pos  # the diagonal (1) of a known positive
+    others = pos.sum(1, keepdim=True) - pos
+    return torch.where(others > 0, total / others.clamp(min=1), torch.full_like(total, float("nan")))

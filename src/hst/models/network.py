@@ -22,14 +22,28 @@ class NetworkOutput(NamedTuple):
 
 
 class LinearHead(nn.Module):
-    """Global average pool + one linear layer: the frozen-feature baseline (no semantic features)."""
+    """Global average pool (+ per-dimension standardisation) + one linear layer: the linear probe.
 
-    def __init__(self, in_channels: int, num_classes: int) -> None:
+    Used alone as the frozen-feature baseline, and as the residual path of the SARL head.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, standardize: bool = False) -> None:
         super().__init__()
+        # BatchNorm without affine parameters standardises with running statistics at evaluation time.
+        self.norm = nn.BatchNorm1d(in_channels, affine=False) if standardize else None
         self.classifier = nn.Linear(in_channels, num_classes)
 
     def forward(self, feature_map: torch.Tensor) -> torch.Tensor:
-        return self.classifier(feature_map.float().mean(dim=(2, 3)))
+        pooled = feature_map.float().mean(dim=(2, 3))
+        if self.norm is not None:
+            pooled = self.norm(pooled)
+        return self.classifier(pooled)
+
+
+def prior_logits(prior: np.ndarray) -> torch.Tensor:
+    """Logits of class priors, clipped to [1e-4, 1 − 1e-4] so that no bias starts infinite."""
+    p = np.clip(np.asarray(prior, dtype=np.float64), 1e-4, 1 - 1e-4)
+    return torch.from_numpy(np.log(p / (1 - p))).float()
 
 
 class PartialLabelNetwork(nn.Module):
@@ -39,6 +53,7 @@ class PartialLabelNetwork(nn.Module):
         reducer: FeatureReducer | None,
         sarl: SARL | LinearHead,
         channels_last: bool = False,
+        linear: LinearHead | None = None,
     ) -> None:
         super().__init__()
         self.channels_last = channels_last
@@ -47,21 +62,44 @@ class PartialLabelNetwork(nn.Module):
         self.backbone = backbone
         self.reducer = reducer
         self.sarl = sarl
+        self.linear = linear
+        """The linear-probe residual of the SARL head (None: the published head)."""
         self.feature_dim = reducer.out_channels if reducer is not None else backbone.num_features
+
+    def init_class_bias(self, prior: np.ndarray) -> None:
+        """Start the class biases at the logit of ``prior`` (C), so that the head need not learn the label
+        frequency through saturated units; the other bias of a residual pair starts at 0."""
+        target = prior_logits(prior)
+        with torch.no_grad():
+            if isinstance(self.sarl, LinearHead):
+                self.sarl.classifier.bias.copy_(target)
+                return
+            if self.linear is not None:
+                self.linear.classifier.bias.copy_(target)
+                self.sarl.classifier.bias.zero_()
+            else:
+                self.sarl.classifier.bias.copy_(target)
 
     def feature_map(self, images: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return self.backbone(images)
 
-    def head(self, feature_map: torch.Tensor) -> NetworkOutput:
-        """Everything after the backbone (used directly when backbone features are cached)."""
+    def head(self, feature_map: torch.Tensor, pooled: bool = False) -> NetworkOutput:
+        """Everything after the backbone (used directly when backbone features are cached).
+
+        ``pooled``: the map already went through the reducer's 2×2 average pool (a pooled feature cache).
+        """
         if isinstance(self.sarl, LinearHead):
             logits = self.sarl(feature_map)
             return NetworkOutput(logits, logits.new_zeros(logits.shape[0], logits.shape[1], 0))
         assert self.reducer is not None
-        out = self.sarl(self.reducer(feature_map))
-        return NetworkOutput(out.logits, out.semantic)
+        out = self.sarl(self.reducer(feature_map, pooled=pooled))
+        logits = out.logits
+        if self.linear is not None:
+            # Averaging a 2×2-pooled map equals averaging the full map, so either input gives the same probe.
+            logits = logits + self.linear(feature_map)
+        return NetworkOutput(logits, out.semantic)
 
     def forward(self, images: torch.Tensor) -> NetworkOutput:
         return self.head(self.feature_map(images))
@@ -76,7 +114,7 @@ def build_network(
     """Build the network; the GNN graph comes from the known positives of the training labels only."""
     backbone = create_backbone(config.backbone, config.weights, config.trainable)
     if config.head == "linear":
-        head = LinearHead(backbone.num_features, len(class_names))
+        head = LinearHead(backbone.num_features, len(class_names), config.standardize_pooled)
         return PartialLabelNetwork(backbone, None, head, config.channels_last)
     if config.head != "sarl":
         raise ValueError(f"model.head must be 'sarl' or 'linear', got {config.head!r}")
@@ -92,4 +130,9 @@ def build_network(
         time_steps=config.gnn_steps,
         use_gnn=config.use_gnn,
     )
-    return PartialLabelNetwork(backbone, reducer, sarl, config.channels_last)
+    linear = (
+        LinearHead(backbone.num_features, len(class_names), config.standardize_pooled)
+        if config.linear_residual
+        else None
+    )
+    return PartialLabelNetwork(backbone, reducer, sarl, config.channels_last, linear)
