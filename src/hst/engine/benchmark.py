@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import itertools
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ import numpy as np
 
 from hst.config import ConfigError, resolve_config
 from hst.engine.config import TrainConfig
+from hst.io import atomic_path, atomic_write, write_text_atomic
 
 FIELDS = [
     "method", "proportion", "seed", "test_mAP", "test_OF1", "test_CF1", "val_mAP", "seconds", "run_dir", "chosen",
@@ -73,12 +73,10 @@ def read_results(path: Path) -> list[dict[str, str]]:
 
 
 def _write_results(path: Path, rows: list[dict[str, str]]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="") as handle:
+    with atomic_write(path, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=FIELDS, restval="", extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, path)
 
 
 def cell_config(
@@ -249,7 +247,7 @@ def run_benchmark(
 
     wanted = {_cell_key(*cell) for cell in cells}
     selected = [r for r in rows if _cell_key(r["method"], float(r["proportion"]), int(r["seed"])) in wanted]
-    (out / "results.md").write_text(markdown_table(selected, options.methods, options.proportions))
+    write_text_atomic(out / "results.md", markdown_table(selected, options.methods, options.proportions))
     plot_results(selected, options.methods, options.proportions, out / "results.png")
     return selected
 
@@ -316,7 +314,8 @@ def plot_results(
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
     figure.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    figure.savefig(tmp)
-    plt.close(figure)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path) as temp:
+            figure.savefig(temp, format="png")
+    finally:
+        plt.close(figure)

@@ -39,6 +39,7 @@ from hst.engine.cache import FeatureCache, extract_split_features
 from hst.engine.config import TrainConfig
 from hst.engine.data import PartialLabelDataModule, Splits, describe_splits, prepare_splits
 from hst.engine.module import DEFAULT_THRESHOLD, PartialLabelModule, plain
+from hst.io import atomic_path, write_text_atomic
 from hst.methods import apply_model_preset
 
 log = logging.getLogger(__name__)
@@ -173,36 +174,17 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
         target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        temp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        try:
-            with temp.open("wb") as handle:
-                torch.save(checkpoint, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
+
+        def keep_previous() -> None:
+            # Only once the new file is whole on disk: a failed write leaves last.ckpt and last.ckpt.prev as they were.
             if target.name == LAST_CHECKPOINT and target.is_file():
                 os.replace(target, target.with_name(PREVIOUS_CHECKPOINT))
-            os.replace(temp, target)
-            _fsync_dir(target.parent)
-        finally:
-            temp.unlink(missing_ok=True)
+
+        with atomic_path(target, before_replace=keep_previous) as temp, temp.open("wb") as handle:
+            torch.save(checkpoint, handle)
 
     def load_checkpoint(self, path: Any, map_location: Any | None = None, weights_only: bool | None = None) -> Any:
         return super().load_checkpoint(path, map_location=map_location, weights_only=True)
-
-
-def _fsync_dir(path: Path) -> None:
-    # The rename itself must reach the disk too; not every platform can open a folder for that.
-    try:
-        descriptor = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
 
 
 def resume_checkpoint(run_dir: Path | str) -> Path | None:
@@ -579,7 +561,7 @@ def train(
     summary.extend(_tune_checkpoints(config, run_dir, module, datamodule, written, best))
     if is_zero:
         _write_json(run_dir / "metrics.json", {"test": test_metrics, "val_last_epoch": val_metrics})
-        (run_dir / "summary.txt").write_text("\n".join(summary) + "\n")
+        write_text_atomic(run_dir / "summary.txt", "\n".join(summary) + "\n")
     return RunResult(run_dir, best, test_metrics, val_metrics, summary, rank=trainer.global_rank)
 
 
@@ -640,12 +622,8 @@ def tune_thresholds(
 
 
 def _save_checkpoint(payload: dict[str, Any], path: Path) -> None:
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(payload, temp)
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
+    with atomic_path(path) as temp, temp.open("wb") as handle:
+        torch.save(payload, handle)
 
 
 def _tune_checkpoints(
@@ -728,9 +706,7 @@ def _write_thresholds_json(
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(payload, indent=2))
 
 
 REQUIRED_KEYS = ("hst_config", "hst_class_names", "state_dict")
