@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from hst.data.base import MultiLabelData
+from hst.data.base import IMAGE_DECODING, MultiLabelData
 from hst.io import atomic_path, write_text_atomic
 from hst.models.backbone import Backbone
 
@@ -104,6 +104,7 @@ def feature_cache_fields(data: MultiLabelData, backbone: Backbone, image_size: i
         "weights_sha256": weights_fingerprint(backbone),
         "image_size": int(image_size),
         "transform": transform_description(image_size, backbone.mean, backbone.std),
+        "image_decoding": IMAGE_DECODING,
     }
 
 

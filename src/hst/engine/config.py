@@ -38,6 +38,9 @@ class DataConfig:
     cache_dir: str = ".hst_cache"
     unreadable_images: str = "error"
     """'error' stops at an unreadable image; 'skip' drops it (counted and reported)."""
+    max_image_pixels: int = 89_478_485
+    """Images with more pixels (width × height, read from the header) are refused with an error naming the file
+    (or skipped under unreadable_images=skip) instead of being decoded; 0 = no limit. Default: Pillow's limit."""
 
 
 @dataclass

@@ -302,7 +302,9 @@ def run_network(
     size = image_size or module.config.data.image_size
     transform = build_transform(size, "none", network.backbone.mean, network.backbone.std)
     loader = DataLoader(
-        _PredictDataset(data, transform), batch_size=batch_size, num_workers=num_workers, collate_fn=_collate
+        # The limit the model was trained under (the default for older checkpoints) guards what it predicts on.
+        _PredictDataset(data.with_max_pixels(module.config.data.max_image_pixels), transform),
+        batch_size=batch_size, num_workers=num_workers, collate_fn=_collate
     )
     target = _device(device)
     was_training = module.training

@@ -34,12 +34,12 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.utils.data import DataLoader
 
-from hst.config import config_to_dict, resolve_config, save_config
+from hst.config import ConfigError, config_to_dict, resolve_config, save_config
 from hst.engine.cache import FeatureCache, extract_split_features
 from hst.engine.config import TrainConfig
 from hst.engine.data import PartialLabelDataModule, Splits, describe_splits, prepare_splits
 from hst.engine.module import DEFAULT_THRESHOLD, PartialLabelModule, plain
-from hst.io import atomic_path, write_text_atomic
+from hst.io import atomic_path, folder_lock, write_text_atomic
 from hst.methods import apply_model_preset
 
 log = logging.getLogger(__name__)
@@ -482,10 +482,34 @@ def train(
     config = apply_model_preset(config)
     if config.trainer.select_on not in {"val", "test"}:
         raise ValueError(f"trainer.select_on must be 'val' or 'test', got {config.trainer.select_on!r}")
+    if resume is not None and config.data.num_workers > 0:
+        raise ConfigError(
+            f"hst train --resume {resume}: data.num_workers={config.data.num_workers} is refused, because the "
+            "random state of data-loader worker processes (augmentation, and the shuffling of persistent workers) "
+            "is not saved in checkpoints, so the resumed run could not repeat the original. Resume with "
+            "data.num_workers=0 (exact from the checkpoint on, loading in the main process)"
+        )
     L.seed_everything(config.trainer.seed, workers=True, verbose=False)
     torch.set_float32_matmul_precision("high")
     run_dir = Path(resume) if resume is not None else _run_dir(config)
     run_dir.mkdir(parents=True, exist_ok=True)
+    # One writer per run folder; the processes of a data-parallel run write into rank 0's folder under its lock.
+    lock = folder_lock(run_dir, "run") if _env_rank() == 0 else contextlib.nullcontext()
+    with lock:
+        return _train_in(config, run_dir, resume, callbacks)
+
+
+def _env_rank() -> int:
+    """This process's global rank as launchers announce it before any process group exists (0 when alone)."""
+    for key in ("RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
+        if os.environ.get(key, "").isdigit():
+            return int(os.environ[key])
+    return int(os.environ.get("NODE_RANK", "0") or 0) + int(os.environ.get("LOCAL_RANK", "0") or 0)
+
+
+def _train_in(
+    config: TrainConfig, run_dir: Path, resume: Path | str | None, callbacks: Sequence[L.Callback]
+) -> RunResult:
     start, notes, kept_rows, purge_step = _prepare_resume(run_dir) if resume is not None else (None, [], None, None)
     for note in (_precision(config)[1], _sync_batchnorm(config)[1] if _processes(config) > 1 else None):
         if note:
@@ -804,7 +828,7 @@ def evaluate_checkpoint(checkpoint_path: Path, data_spec: str, batch_size: int =
     from hst.metrics import evaluate
 
     module, config = load_module(checkpoint_path)
-    data = load_dataset(data_spec)
+    data = load_dataset(data_spec).with_max_pixels(config.data.max_image_pixels)
     if data.class_names != module.class_names:
         raise ValueError(f"{data_spec}: classes differ from the checkpoint's {len(module.class_names)} classes")
     backbone = module.network.backbone
