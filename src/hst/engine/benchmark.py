@@ -19,7 +19,7 @@ import numpy as np
 
 from hst.config import ConfigError, resolve_config
 from hst.engine.config import TrainConfig
-from hst.io import atomic_path, atomic_write, write_text_atomic
+from hst.io import atomic_path, atomic_write, folder_lock, write_text_atomic
 
 FIELDS = [
     "method", "proportion", "seed", "test_mAP", "test_OF1", "test_CF1", "val_mAP", "seconds", "run_dir", "chosen",
@@ -154,12 +154,6 @@ def run_cell(plan: CellPlan, train_fn: Callable[[TrainConfig], object]) -> dict[
     }
 
 
-def _worker_init(threads: int) -> None:
-    import torch
-
-    torch.set_num_threads(threads)
-
-
 def _worker_cell(plan: CellPlan) -> dict[str, str]:
     import logging
 
@@ -189,6 +183,14 @@ def _prepare_caches(plans: Sequence[CellPlan], log: Callable[[str], None]) -> No
                 log(f"feature cache ready: {', '.join(c.key for c in caches)}")
 
 
+class BenchmarkError(RuntimeError):
+    """Some cells failed; the others are in results.csv and a rerun trains only the missing ones."""
+
+
+FAILURES_FILE = "failures.csv"
+"""The cells of the last invocation that failed, with the reason (removed when none failed)."""
+
+
 def run_benchmark(
     options: BenchmarkOptions,
     train_fn: Callable[[TrainConfig], object] | None = None,
@@ -196,9 +198,19 @@ def run_benchmark(
 ) -> list[dict[str, str]]:
     """Run every missing cell, appending each finished one to results.csv, then write the table and plot.
 
-    With ``workers > 1`` cells run in spawned processes (``train_fn`` must then be None: the real trainer),
-    each with ``torch.get_num_threads() // workers`` threads; results.csv is written by this process only.
+    With ``workers > 1`` cells run in spawned processes, one per cell (``train_fn`` must then be None: the real
+    trainer), each with ``torch.get_num_threads() // workers`` threads; results.csv is written by this process
+    only. A worker that fails or dies (SIGKILL, out of memory) costs only its cell: it is listed in
+    ``failures.csv`` and :class:`BenchmarkError` is raised after the other cells finished. One process at a time
+    writes a benchmark folder (a second one fails at once, naming the first one's pid).
     """
+    with folder_lock(options.out, "benchmark folder"):
+        return _run_benchmark(options, train_fn, log)
+
+
+def _run_benchmark(
+    options: BenchmarkOptions, train_fn: Callable[[TrainConfig], object] | None, log: Callable[[str], None]
+) -> list[dict[str, str]]:
     out = Path(options.out)
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.csv"
@@ -232,24 +244,56 @@ def run_benchmark(
     else:
         if train_fn is not None:
             raise ValueError("a custom train_fn cannot be sent to worker processes; use workers=1")
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-
         import torch
+
+        from hst.engine.workers import CellFailure, run_cells
 
         _prepare_caches([plans[cell] for cell in todo], log)
         threads = max(1, torch.get_num_threads() // workers)
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init, initargs=(threads,)) as pool:
-            futures = [pool.submit(_worker_cell, plans[cell]) for cell in todo]
-            for number, future in enumerate(as_completed(futures), start=1):
-                finish(number, future.result())
+        ended = iter(range(1, len(todo) + 1))
 
+        def failed(failure: CellFailure) -> None:
+            method, proportion, seed = failure.key
+            log(f"[{next(ended)}/{len(todo)}] {method} p={proportion:g} seed={seed}: FAILED: "
+                f"{failure.reason.splitlines()[0]} (not in results.csv; run again to train it)")
+
+        jobs = [(cell, plans[cell], plans[cell].configs[0].trainer.run_name) for cell in todo]
+        failures = run_cells(jobs, _worker_cell, workers, threads, lambda _, row: finish(next(ended), row), failed)
+        _record_failures(out / FAILURES_FILE, failures)
+        if failures:
+            _write_summary(out, rows, options)
+            names = ", ".join(f"{m} p={p:g} seed={s}" for m, p, s in (f.key for f in failures))
+            raise BenchmarkError(
+                f"{len(failures)} of {len(todo)} cells failed ({names}); see {out / FAILURES_FILE}. The "
+                f"{len(todo) - len(failures)} finished cells are in {results_path}; the same command trains only "
+                "the missing cells"
+            )
+
+    (out / FAILURES_FILE).unlink(missing_ok=True)  # every cell is done: earlier failures are filled
+    return _write_summary(out, rows, options)
+
+
+def _write_summary(out: Path, rows: list[dict[str, str]], options: BenchmarkOptions) -> list[dict[str, str]]:
+    """results.md and results.png of the rows of the cells ``options`` asks for; returns those rows."""
+    cells = [(m, p, s) for m in options.methods for p in options.proportions for s in options.seeds]
     wanted = {_cell_key(*cell) for cell in cells}
     selected = [r for r in rows if _cell_key(r["method"], float(r["proportion"]), int(r["seed"])) in wanted]
     write_text_atomic(out / "results.md", markdown_table(selected, options.methods, options.proportions))
     plot_results(selected, options.methods, options.proportions, out / "results.png")
     return selected
+
+
+def _record_failures(path: Path, failures: Sequence[object]) -> None:
+    """List the failed cells of this invocation (method, proportion, seed, reason); no file when none failed."""
+    if not failures:
+        path.unlink(missing_ok=True)
+        return
+    with atomic_write(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["method", "proportion", "seed", "reason"])
+        for failure in failures:
+            method, proportion, seed = failure.key  # type: ignore[attr-defined]
+            writer.writerow([method, f"{proportion:.4g}", seed, failure.reason])  # type: ignore[attr-defined]
 
 
 def _aggregate(
