@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -26,8 +25,10 @@ from hst.engine.workers import KILL_CELL_ENV
 from hst.io import OWNER_NAME, FolderBusyError, WriteError, atomic_write, folder_lock, write_text_atomic
 
 try:
+    from fault_jobs import job
     from tiny_run import TINY
 except ImportError:  # tests collected as a package
+    from tests.fault_jobs import job
     from tests.tiny_run import TINY
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -305,7 +306,7 @@ def test_killed_benchmark_worker_costs_only_its_cell(tmp_path: Path, monkeypatch
     assert np.isfinite([float(r["test_mAP"]) for r in on_disk]).all()
 
 
-def test_killed_worker_is_recorded_and_the_others_finish(tmp_path: Path) -> None:
+def test_killed_worker_is_recorded_and_the_others_finish() -> None:
     """The process pool itself, without training: one job dies by SIGKILL, one raises, two finish."""
     from hst.engine.workers import run_cells
 
@@ -313,18 +314,10 @@ def test_killed_worker_is_recorded_and_the_others_finish(tmp_path: Path) -> None
     failed: dict[str, str] = {}
     failures = run_cells(
         [(name, name, "") for name in ("ok-1", "kill", "raise", "ok-2")],
-        _job, workers=2, threads=1,
+        job, workers=2, threads=1,
         on_done=lambda key, row: done.__setitem__(key, row),
         on_failed=lambda failure: failed.__setitem__(failure.key, failure.reason),
     )
     assert done == {"ok-1": {"job": "ok-1"}, "ok-2": {"job": "ok-2"}}
     assert len(failures) == 2 and failed["kill"].startswith("worker process killed by SIGKILL")
     assert failed["raise"].startswith("ValueError: cell raise failed")
-
-
-def _job(name: str) -> dict[str, str]:
-    if name == "kill":
-        os.kill(os.getpid(), signal.SIGKILL)
-    if name == "raise":
-        raise ValueError(f"cell {name} failed")
-    return {"job": name}
