@@ -118,6 +118,7 @@ def _previous_files(kind: str, folder: Path) -> Path:
     return folder / name
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="RLIMIT_FSIZE and SIGXFSZ are POSIX")
 @pytest.mark.parametrize("kind", ["checkpoint", "results", "manifest", "metrics"])
 def test_file_size_limit_mid_write_keeps_the_previous_file(tmp_path: Path, kind: str) -> None:
     previous = _previous_files(kind, tmp_path)
