@@ -27,7 +27,9 @@ from hst.metrics import evaluate
 GRID = (0.001, 0.01, 0.03, 0.1, 0.3)
 
 
-def fit(x: torch.Tensor, labels: torch.Tensor, unknowns: str, weight_decay: float, epochs: int = 300) -> torch.nn.Linear:
+def fit(
+    x: torch.Tensor, labels: torch.Tensor, unknowns: str, weight_decay: float, epochs: int = 300
+) -> torch.nn.Linear:
     torch.manual_seed(0)
     layer = torch.nn.Linear(x.shape[1], labels.shape[1])
     optimizer = torch.optim.Adam(layer.parameters(), lr=1e-3, weight_decay=weight_decay)

@@ -17,6 +17,8 @@ from pathlib import Path
 from hst.config import ConfigError, resolve_config
 from hst.data.base import DataError
 from hst.data.spec import DATA_SPEC_HELP
+from hst.engine.benchmark import BenchmarkError
+from hst.io import FolderBusyError, WriteError
 
 EPILOG_OVERRIDES = "Options can also be given as dotted key=value overrides after the positional arguments."
 
@@ -456,6 +458,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, DataError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except (WriteError, FolderBusyError, BenchmarkError) as error:  # full disk, a second writer, failed cells
+        print(f"error: {error}", file=sys.stderr)
+        return 4
     except FloatingPointError as error:  # a non-finite loss: the message names the step and the checkpoint kept
         print(f"error: {error}", file=sys.stderr)
         return 3

@@ -117,7 +117,6 @@ def config_to_dict(config: Any) -> dict[str, Any]:
 
 def save_config(config: Any, path: Path) -> None:
     """Write the resolved config as YAML (the file that reproduces the run)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
-    tmp.replace(path)
+    from hst.io import write_text_atomic
+
+    write_text_atomic(path, yaml.safe_dump(config_to_dict(config), sort_keys=False))

@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from hst.labels import as_label_matrix
+
+DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
+"""Pillow's own decompression-bomb limit (1 GiB of 32-bit pixels / 4 / 3): about 9,500 × 9,500 pixels."""
+IMAGE_DECODING = "rgb-exif-orientation-1"
+"""What :func:`decode_image` does to the stored pixels; feature caches are keyed by it, so a change rebuilds them."""
 
 
 class DataError(ValueError):
     """Malformed or missing dataset input; the message names the file and line or field."""
+
+
+class ImageTooLargeError(DataError):
+    """An image with more pixels than the configured limit (``data.max_image_pixels``); refused before decoding."""
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -35,12 +45,37 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
-def decode_image(path: Path, reduced: bool = False) -> Image.Image:
-    """Decode the whole file at ``path`` to RGB; ``reduced`` lets JPEGs decode at 1/8 scale (a fast full check)."""
-    with Image.open(path) as image:
+def _too_large(size: str, max_pixels: int) -> ImageTooLargeError:
+    return ImageTooLargeError(
+        f"{size}, more than data.max_image_pixels={max_pixels:,} (decoding it could exhaust memory); "
+        "downscale the file or raise data.max_image_pixels (0 = no limit)"
+    )
+
+
+def decode_image(path: Path, reduced: bool = False, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
+    """Decode the whole file at ``path`` to RGB, turned upright by its EXIF orientation (as image viewers show it).
+
+    ``reduced`` lets JPEGs decode at 1/8 scale (a fast full check). An image of more than ``max_pixels`` pixels
+    (None or 0: no limit) raises :class:`ImageTooLargeError` from its header, before any pixel is decoded.
+    """
+    limit = int(max_pixels or 0)
+    if (Image.MAX_IMAGE_PIXELS or 0) and (limit == 0 or limit > Image.MAX_IMAGE_PIXELS):  # type: ignore[operator]
+        # Pillow's own bomb check would refuse images the configured limit allows; the check below replaces it.
+        Image.MAX_IMAGE_PIXELS = limit or None
+    try:
+        opened = Image.open(path)
+    except Image.DecompressionBombError as error:
+        raise _too_large(" ".join(str(error).split()).rstrip("."), limit) from error
+    with opened as image:
+        if limit and image.width * image.height > limit:
+            raise _too_large(f"{image.width}×{image.height} = {image.width * image.height:,} pixels", limit)
         if reduced:
             image.draft("RGB", (max(image.width // 8, 1), max(image.height // 8, 1)))
         image.load()
+        try:
+            ImageOps.exif_transpose(image, in_place=True)
+        except Exception:  # a damaged EXIF block must not make an otherwise readable image unreadable
+            pass
         return to_rgb(image)
 
 
@@ -50,12 +85,12 @@ def describe_image_error(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
-def image_problem(path: Path) -> str | None:
-    """Why ``path`` cannot be used as an image (missing, undecodable, truncated), or None if it decodes."""
+def image_problem(path: Path, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> str | None:
+    """Why ``path`` cannot be used as an image (missing, undecodable, truncated, too large), or None if it decodes."""
     try:
         if not path.is_file():
             return "not a regular file" if path.exists() else "file not found"
-        decode_image(path, reduced=True)
+        decode_image(path, reduced=True, max_pixels=max_pixels)
     except Exception as error:  # any failure to decode makes the image unusable
         return describe_image_error(error)
     return None
@@ -87,6 +122,8 @@ class MultiLabelData:
     render: Callable[[int], Image.Image] | None = None
     source: str = ""
     info: dict[str, object] = field(default_factory=dict)
+    max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS
+    """Images with more pixels are refused (:class:`ImageTooLargeError`); None or 0 = no limit."""
 
     def __post_init__(self) -> None:
         self.labels = as_label_matrix(self.labels)
@@ -124,7 +161,7 @@ class MultiLabelData:
         if not path.is_file():
             raise DataError(f"{self.source}: image file not found: {path} (image id {self.image_ids[index]!r})")
         try:
-            return decode_image(path)
+            return decode_image(path, max_pixels=self.max_pixels)
         except Exception as error:  # image plugins raise many types on malformed files
             raise DataError(
                 f"{self.source}: cannot read image {path} (image id {self.image_ids[index]!r}): "
@@ -143,6 +180,7 @@ class MultiLabelData:
             render=render,
             source=self.source,
             info=dict(self.info),
+            max_pixels=self.max_pixels,
         )
 
     def with_labels(self, labels: np.ndarray) -> MultiLabelData:
@@ -158,4 +196,9 @@ class MultiLabelData:
             render=self.render,
             source=self.source,
             info=dict(self.info),
+            max_pixels=self.max_pixels,
         )
+
+    def with_max_pixels(self, max_pixels: int | None) -> MultiLabelData:
+        """The same data with another image size limit (``data.max_image_pixels``)."""
+        return dataclasses.replace(self, max_pixels=max_pixels)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -51,14 +50,13 @@ def read_scores_csv(path: Path) -> tuple[list[str], list[str], np.ndarray]:
 
 def write_scores_csv(path: Path, image_ids: list[str], class_names: list[str], scores: np.ndarray) -> None:
     """Write scores atomically (temporary file, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="") as handle:
+    from hst.io import atomic_write
+
+    with atomic_write(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["image", *class_names])
         for image_id, row in zip(image_ids, np.asarray(scores), strict=True):
             writer.writerow([image_id, *(f"{float(v):.6g}" for v in row)])
-    os.replace(tmp, path)
 
 
 def align_scores(

@@ -10,16 +10,20 @@ from __future__ import annotations
 import csv
 import itertools
 import math
-import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from hst.config import ConfigError, resolve_config
 from hst.engine.config import TrainConfig
+from hst.io import atomic_path, atomic_write, folder_lock, write_text_atomic
+
+if TYPE_CHECKING:
+    from hst.engine.workers import CellFailure
 
 FIELDS = [
     "method", "proportion", "seed", "test_mAP", "test_OF1", "test_CF1", "val_mAP", "seconds", "run_dir", "chosen",
@@ -76,12 +80,10 @@ def read_results(path: Path) -> list[dict[str, str]]:
 
 
 def _write_results(path: Path, rows: list[dict[str, str]]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="") as handle:
+    with atomic_write(path, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=FIELDS, restval="", extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, path)
 
 
 def cell_config(
@@ -161,12 +163,6 @@ def run_cell(plan: CellPlan, train_fn: Callable[[TrainConfig], object]) -> dict[
     }
 
 
-def _worker_init(threads: int) -> None:
-    import torch
-
-    torch.set_num_threads(threads)
-
-
 def _worker_cell(plan: CellPlan) -> dict[str, str]:
     import logging
 
@@ -196,6 +192,14 @@ def _prepare_caches(plans: Sequence[CellPlan], log: Callable[[str], None]) -> No
                 log(f"feature cache ready: {', '.join(c.key for c in caches)}")
 
 
+class BenchmarkError(RuntimeError):
+    """Some cells failed; the others are in results.csv and a rerun trains only the missing ones."""
+
+
+FAILURES_FILE = "failures.csv"
+"""The cells of the last invocation that failed, with the reason (removed when none failed)."""
+
+
 def run_benchmark(
     options: BenchmarkOptions,
     train_fn: Callable[[TrainConfig], object] | None = None,
@@ -203,9 +207,19 @@ def run_benchmark(
 ) -> list[dict[str, str]]:
     """Run every missing cell, appending each finished one to results.csv, then write the table and plot.
 
-    With ``workers > 1`` cells run in spawned processes (``train_fn`` must then be None: the real trainer),
-    each with ``torch.get_num_threads() // workers`` threads; results.csv is written by this process only.
+    With ``workers > 1`` cells run in spawned processes, one per cell (``train_fn`` must then be None: the real
+    trainer), each with ``torch.get_num_threads() // workers`` threads; results.csv is written by this process
+    only. A worker that fails or dies (SIGKILL, out of memory) costs only its cell: it is listed in
+    ``failures.csv`` and :class:`BenchmarkError` is raised after the other cells finished. One process at a time
+    writes a benchmark folder (a second one fails at once, naming the first one's pid).
     """
+    with folder_lock(options.out, "benchmark folder"):
+        return _run_benchmark(options, train_fn, log)
+
+
+def _run_benchmark(
+    options: BenchmarkOptions, train_fn: Callable[[TrainConfig], object] | None, log: Callable[[str], None]
+) -> list[dict[str, str]]:
     out = Path(options.out)
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.csv"
@@ -220,20 +234,6 @@ def run_benchmark(
     todo = [cell for cell in cells if _cell_key(*cell) not in done]
     log(f"{len(cells)} cells, {len(cells) - len(todo)} already done, {len(todo)} to run")
 
-    def reused(cell: tuple[str, float, int]) -> bool:
-        return options.tune_seeds is not None and cell[0] in options.tune and cell[2] not in options.tune_seeds
-
-    def chosen_point(cell: tuple[str, float, int]) -> list[str]:
-        """The grid point a tuning seed's cell of the same method and proportion chose."""
-        method, proportion, _ = cell
-        for seed in options.tune_seeds or []:
-            for row in rows:
-                if _cell_key(row["method"], float(row["proportion"]), int(row["seed"])) == _cell_key(
-                    method, proportion, seed
-                ):
-                    return row["chosen"].split()
-        raise ConfigError(f"{method} p={proportion:g}: no tuned cell of seeds {options.tune_seeds} to reuse")
-
     def finish(number: int, row: dict[str, str]) -> None:
         try:  # runs/<name> relative to the benchmark folder: the table stays valid when the folder moves
             row["run_dir"] = str(Path(row["run_dir"]).resolve().relative_to(out.resolve()))
@@ -244,53 +244,104 @@ def run_benchmark(
         log(f"[{number}/{len(todo)}] {row['method']} p={row['proportion']} seed={row['seed']}: "
             f"test mAP {float(row['test_mAP']):.2f} ({float(row['seconds']):.0f} s) {row['chosen']}".rstrip())
 
+    def reused(cell: tuple[str, float, int]) -> bool:
+        return options.tune_seeds is not None and cell[0] in options.tune and cell[2] not in options.tune_seeds
+
+    def chosen_point(cell: tuple[str, float, int]) -> list[str] | None:
+        """The grid point a tuning seed's cell of the same method and proportion chose (None: not run yet)."""
+        method, proportion, _ = cell
+        for seed in options.tune_seeds or []:
+            for row in rows:
+                if _cell_key(row["method"], float(row["proportion"]), int(row["seed"])) == _cell_key(
+                    method, proportion, seed
+                ):
+                    return row["chosen"].split()
+        return None
+
+    counter = iter(range(1, len(todo) + 1))
     # Tuning cells first; cells that reuse a tuned point are planned once those have finished.
     first = [cell for cell in todo if not reused(cell)]
-    later = [cell for cell in todo if reused(cell)]
-    counter = iter(range(1, len(todo) + 1))
-    _run_cells([plans[cell] for cell in first], options, train_fn, log, lambda row: finish(next(counter), row))
-    if later:
-        later_plans = [_plan(options, *cell, chosen=chosen_point(cell)) for cell in later]
-        _run_cells(later_plans, options, train_fn, log, lambda row: finish(next(counter), row))
+    failures = _run_cells([(cell, plans[cell]) for cell in first], options, train_fn, log, finish, counter, len(todo))
+    later: list[tuple[tuple[str, float, int], CellPlan]] = []
+    for cell in (cell for cell in todo if reused(cell)):
+        point = chosen_point(cell)
+        if point is not None:
+            later.append((cell, _plan(options, *cell, chosen=point)))
+        else:
+            log(f"{cell[0]} p={cell[1]:g} seed={cell[2]}: its tuning cell did not finish; skipped")
+    failures += _run_cells(later, options, train_fn, log, finish, counter, len(todo))
+    _record_failures(out / FAILURES_FILE, failures)
+    if failures:
+        _write_summary(out, rows, options)
+        names = ", ".join(f"{m} p={p:g} seed={s}" for m, p, s in (f.key for f in failures))
+        raise BenchmarkError(
+            f"{len(failures)} of {len(todo)} cells failed ({names}); see {out / FAILURES_FILE}. The "
+            f"{len(todo) - len(failures)} finished cells are in {results_path}; the same command trains only "
+            "the missing cells"
+        )
 
+    (out / FAILURES_FILE).unlink(missing_ok=True)  # every cell is done: earlier failures are filled
+    return _write_summary(out, rows, options)
+
+
+def _run_cells(
+    jobs: Sequence[tuple[tuple[str, float, int], CellPlan]],
+    options: BenchmarkOptions,
+    train_fn: Callable[[TrainConfig], object] | None,
+    log: Callable[[str], None],
+    finish: Callable[[int, dict[str, str]], None],
+    counter: Iterator[int],
+    total: int,
+) -> list[CellFailure]:
+    """Train the cells serially or in ``options.workers`` processes; returns the cells whose worker failed."""
+    if not jobs:
+        return []
+    workers = max(1, int(options.workers))
+    if workers == 1 or len(jobs) <= 1:
+        if train_fn is None:
+            from hst.engine.train import train as train_fn
+        for _, plan in jobs:
+            finish(next(counter), run_cell(plan, train_fn))
+        return []
+    if train_fn is not None:
+        raise ValueError("a custom train_fn cannot be sent to worker processes; use workers=1")
+    import torch
+
+    from hst.engine.workers import run_cells
+
+    _prepare_caches([plan for _, plan in jobs], log)
+    threads = max(1, torch.get_num_threads() // workers)
+
+    def failed(failure: CellFailure) -> None:
+        method, proportion, seed = failure.key
+        log(f"[{next(counter)}/{total}] {method} p={proportion:g} seed={seed}: FAILED: "
+            f"{failure.reason.splitlines()[0]} (not in results.csv; run again to train it)")
+
+    work = [(cell, plan, plan.configs[0].trainer.run_name) for cell, plan in jobs]
+    return run_cells(work, _worker_cell, workers, threads, lambda _, row: finish(next(counter), row), failed)
+
+
+def _write_summary(out: Path, rows: list[dict[str, str]], options: BenchmarkOptions) -> list[dict[str, str]]:
+    """results.md and results.png of the rows of the cells ``options`` asks for; returns those rows."""
+    cells = [(m, p, s) for m in options.methods for p in options.proportions for s in options.seeds]
     wanted = {_cell_key(*cell) for cell in cells}
     selected = [r for r in rows if _cell_key(r["method"], float(r["proportion"]), int(r["seed"])) in wanted]
-    (out / "results.md").write_text(markdown_table(selected, options.methods, options.proportions))
+    write_text_atomic(out / "results.md", markdown_table(selected, options.methods, options.proportions))
     plot_results(selected, options.methods, options.proportions, out / "results.png")
     return selected
 
 
-def _run_cells(
-    plans: Sequence[CellPlan],
-    options: BenchmarkOptions,
-    train_fn: Callable[[TrainConfig], object] | None,
-    log: Callable[[str], None],
-    finish: Callable[[dict[str, str]], None],
-) -> None:
-    """Train ``plans`` serially or in ``options.workers`` spawned processes, reporting each finished row."""
-    if not plans:
+def _record_failures(path: Path, failures: Sequence[object]) -> None:
+    """List the failed cells of this invocation (method, proportion, seed, reason); no file when none failed."""
+    if not failures:
+        path.unlink(missing_ok=True)
         return
-    workers = max(1, int(options.workers))
-    if workers == 1 or len(plans) <= 1:
-        if train_fn is None:
-            from hst.engine.train import train as train_fn
-        for plan in plans:
-            finish(run_cell(plan, train_fn))
-        return
-    if train_fn is not None:
-        raise ValueError("a custom train_fn cannot be sent to worker processes; use workers=1")
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
-    import torch
-
-    _prepare_caches(plans, log)
-    threads = max(1, torch.get_num_threads() // workers)
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init, initargs=(threads,)) as pool:
-        futures = [pool.submit(_worker_cell, plan) for plan in plans]
-        for future in as_completed(futures):
-            finish(future.result())
+    with atomic_write(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["method", "proportion", "seed", "reason"])
+        for failure in failures:
+            method, proportion, seed = failure.key  # type: ignore[attr-defined]
+            writer.writerow([method, f"{proportion:.4g}", seed, failure.reason])  # type: ignore[attr-defined]
 
 
 def _aggregate(
@@ -355,7 +406,8 @@ def plot_results(
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
     figure.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    figure.savefig(tmp)
-    plt.close(figure)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path) as temp:
+            figure.savefig(temp, format="png")
+    finally:
+        plt.close(figure)

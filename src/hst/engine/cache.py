@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -22,7 +21,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from hst.data.base import MultiLabelData
+from hst.data.base import IMAGE_DECODING, MultiLabelData
+from hst.io import atomic_path, atomic_write, write_text_atomic
 from hst.models.backbone import Backbone
 
 CACHE_FORMAT = 1
@@ -104,6 +104,7 @@ def feature_cache_fields(data: MultiLabelData, backbone: Backbone, image_size: i
         "weights_sha256": weights_fingerprint(backbone),
         "image_size": int(image_size),
         "transform": transform_description(image_size, backbone.mean, backbone.std),
+        "image_decoding": IMAGE_DECODING,
     }
 
 
@@ -199,15 +200,11 @@ class FeatureCache:
             for start in range(0, n, chunk):
                 block = torch.from_numpy(np.array(self.features[start : start + chunk], dtype=np.float32))
                 array[start : start + chunk] = torch.nn.functional.avg_pool2d(block, 2).half().numpy()
-            temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
             try:
-                with temp.open("wb") as handle:
+                with atomic_write(path, "wb") as handle:
                     np.save(handle, array)
-                os.replace(temp, path)
             except OSError:
-                pass  # a read-only cache folder: keep the pooled copy in memory only
-            finally:
-                temp.unlink(missing_ok=True)
+                pass  # a read-only or full cache folder: keep the pooled copy in memory only
         self._pooled = torch.from_numpy(array)
         return self._pooled
 
@@ -318,8 +315,6 @@ def extract_features(
 
     cache_dir.mkdir(parents=True, exist_ok=True)
     npy_path, meta_path = _paths(cache_dir, key)
-    tmp_npy = cache_dir / f".{key}.npy.{os.getpid()}.tmp"
-    tmp_meta = cache_dir / f".{key}.json.{os.getpid()}.tmp"
     transform = build_transform(image_size, "none", backbone.mean, backbone.std)
     loader = DataLoader(
         _EvalImages(data, transform),
@@ -334,32 +329,34 @@ def extract_features(
     try:
         backbone.eval()
         row = 0
-        with torch.inference_mode(), _progress_bar(len(data), progress, f"features {key}") as advance:
-            for images in loader:
-                images = images.to(device, non_blocking=True)
-                if channels_last:
-                    images = images.contiguous(memory_format=torch.channels_last)
-                batch = backbone(images).float()
-                if batch.ndim != 4:
-                    raise FeatureCacheError(f"{backbone.name}: expected N×F×h×w features, got {tuple(batch.shape)}")
-                if not bool(torch.isfinite(batch).all()) or float(batch.abs().max()) > FP16_MAX:
-                    raise FeatureCacheError(
-                        f"{backbone.name}: features of {data.source} rows {row}..{row + len(batch) - 1} are not "
-                        f"finite in float16 (|x| > {FP16_MAX:g} or NaN); they cannot be cached"
-                    )
-                if out is None:
-                    shape = (len(data), *batch.shape[1:])
-                    out = np.lib.format.open_memmap(tmp_npy, mode="w+", dtype=np.float16, shape=shape)
-                out[row : row + len(batch)] = batch.half().cpu().numpy()
-                row += len(batch)
-                advance(len(batch))
-        if out is None or row != len(data):
-            raise FeatureCacheError(f"{data.source}: extracted {row} of {len(data)} images")
-        shape = tuple(int(v) for v in out.shape)
-        out.flush()
-        del out
-        out = None
-        os.replace(tmp_npy, npy_path)
+        with atomic_path(npy_path) as tmp_npy:
+            with torch.inference_mode(), _progress_bar(len(data), progress, f"features {key}") as advance:
+                for images in loader:
+                    images = images.to(device, non_blocking=True)
+                    if channels_last:
+                        images = images.contiguous(memory_format=torch.channels_last)
+                    batch = backbone(images).float()
+                    if batch.ndim != 4:
+                        raise FeatureCacheError(
+                            f"{backbone.name}: expected N×F×h×w features, got {tuple(batch.shape)}"
+                        )
+                    if not bool(torch.isfinite(batch).all()) or float(batch.abs().max()) > FP16_MAX:
+                        raise FeatureCacheError(
+                            f"{backbone.name}: features of {data.source} rows {row}..{row + len(batch) - 1} are "
+                            f"not finite in float16 (|x| > {FP16_MAX:g} or NaN); they cannot be cached"
+                        )
+                    if out is None:
+                        shape = (len(data), *batch.shape[1:])
+                        out = np.lib.format.open_memmap(tmp_npy, mode="w+", dtype=np.float16, shape=shape)
+                    out[row : row + len(batch)] = batch.half().cpu().numpy()
+                    row += len(batch)
+                    advance(len(batch))
+            if out is None or row != len(data):
+                raise FeatureCacheError(f"{data.source}: extracted {row} of {len(data)} images")
+            shape = tuple(int(v) for v in out.shape)
+            out.flush()
+            del out
+            out = None
         meta = {
             **fields,
             "key": key,
@@ -370,13 +367,11 @@ def extract_features(
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "image_ids": list(data.image_ids),
         }
-        tmp_meta.write_text(json.dumps(meta, indent=1), encoding="utf-8")
-        os.replace(tmp_meta, meta_path)
+        # The sidecar comes last: without it FeatureCache.open accepts nothing of an interrupted extraction.
+        write_text_atomic(meta_path, json.dumps(meta, indent=1))
     finally:
         backbone.train(was_training)
         del out
-        for leftover in (tmp_npy, tmp_meta):
-            leftover.unlink(missing_ok=True)
     opened = FeatureCache.open(cache_dir, key)
     if opened is None:
         raise FeatureCacheError(f"{npy_path}: the cache just written cannot be opened")

@@ -41,6 +41,9 @@ class DataConfig:
     steps_per_epoch: int = 0
     """Optimizer steps per epoch (batches drawn from reshuffled passes); 0 = one pass over the training split.
     Schedules counted in epochs (pseudo labels, prototypes, StepLR) then mean the same on any dataset size."""
+    max_image_pixels: int = 89_478_485
+    """Images with more pixels (width × height, read from the header) are refused with an error naming the file
+    (or skipped under unreadable_images=skip) instead of being decoded; 0 = no limit. Default: Pillow's limit."""
 
 
 @dataclass

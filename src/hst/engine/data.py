@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -15,7 +17,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 from torchvision.transforms import v2
 
-from hst.data.base import DataError, MultiLabelData, image_problem
+from hst.data.base import DEFAULT_MAX_IMAGE_PIXELS, DataError, MultiLabelData, image_problem
 from hst.data.partial import make_partial, partial_stats
 from hst.data.spec import load_dataset
 from hst.engine.cache import CachedFeatureDataset, FeatureCache
@@ -50,6 +52,13 @@ def build_transform(image_size: int, augment: str, mean: tuple[float, ...], std:
             ]
         )
     raise ValueError(f"data.augment must be 'paper', 'flip' or 'none', got {augment!r}")
+
+
+def last_batch_size(num_images: int, batch_size: int, world_size: int = 1) -> int:
+    """Images in each process's last training batch: under DDP every rank gets ceil(N / world_size) images (the
+    distributed sampler pads the shares to equal length), so the remainder is that share's, not the whole set's."""
+    share = math.ceil(num_images / max(1, world_size))
+    return share % batch_size or min(share, batch_size)
 
 
 class ImageLabelDataset(Dataset):
@@ -112,15 +121,18 @@ def _split_indices(n: int, fractions: tuple[float, ...], seed: int) -> list[np.n
     return out
 
 
-def find_unreadable(paths: list[Path], workers: int | None = None) -> list[tuple[int, str]]:
-    """(index, reason) of every path that is missing or does not decode (JPEGs are decoded at 1/8 scale)."""
+def find_unreadable(
+    paths: list[Path], workers: int | None = None, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS
+) -> list[tuple[int, str]]:
+    """(index, reason) of every path that is missing, too large or does not decode (JPEGs decoded at 1/8 scale)."""
     workers = workers or min(8, os.cpu_count() or 1)
+    check = functools.partial(image_problem, max_pixels=max_pixels)
     if workers <= 1 or len(paths) < 64:
-        problems = [image_problem(path) for path in paths]
+        problems = [check(path) for path in paths]
     else:
         # Decoders release the GIL, so threads share the work without pickling anything.
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            problems = list(pool.map(image_problem, paths, chunksize=32))
+            problems = list(pool.map(check, paths, chunksize=32))
     return [(index, problem) for index, problem in enumerate(problems) if problem is not None]
 
 
@@ -141,7 +153,7 @@ def _check_readable(
                     f"{data.source}: image file not found: {path} (image id {data.image_ids[index]!r}); {SKIP_HINT}"
                 )
         return data
-    bad = find_unreadable(paths)
+    bad = find_unreadable(paths, max_pixels=data.max_pixels)
     if not bad:
         return data
     found = [(str(paths[index]), reason) for index, reason in bad]
@@ -194,7 +206,9 @@ def prepare_splits(config: DataConfig) -> Splits:
     """
     notes: list[str] = []
     skipped: list[tuple[str, str]] = []
-    source = _check_readable(load_dataset(config.train), config.unreadable_images, notes, skipped)
+    limit = config.max_image_pixels
+    train_source = load_dataset(config.train).with_max_pixels(limit)
+    source = _check_readable(train_source, config.unreadable_images, notes, skipped)
     full = source.labels
     if config.partial_labels:
         partial = _partial_labels(Path(config.partial_labels), source, config.train, notes)
@@ -211,7 +225,9 @@ def prepare_splits(config: DataConfig) -> Splits:
         test_source, test_rows = source, test_idx
     else:
         val_idx, train_idx = _split_indices(len(source), (config.val_fraction,), config.split_seed)
-        test = _check_readable(load_dataset(config.test), config.unreadable_images, notes, skipped)
+        test = _check_readable(
+            load_dataset(config.test).with_max_pixels(limit), config.unreadable_images, notes, skipped
+        )
         test_source, test_rows = test, np.arange(len(test))
         if test.class_names != source.class_names:
             raise DataError(f"{config.test}: classes differ from the training source {config.train}")
@@ -314,8 +330,12 @@ class PartialLabelDataModule(L.LightningDataModule):
                 generator=generator,
             )
         # Keep the last small batch unless it would hold a single image (BatchNorm needs two).
-        drop = len(dataset) % self.config.batch_size == 1
+        drop = last_batch_size(len(dataset), self.config.batch_size, self._world_size()) == 1
         return self._loader(dataset, True, self.config.batch_size, drop_last=drop)
+
+    def _world_size(self) -> int:
+        trainer = getattr(self, "trainer", None)
+        return int(getattr(trainer, "world_size", 1) or 1) if trainer is not None else 1
 
     def features_dataloader(self) -> DataLoader:
         """Training images without augmentation, for prototypes (the published code used augmented ones)."""

@@ -9,7 +9,6 @@ batch axis is dynamic; H and W are fixed at export.
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from torch import nn
 
 from hst.config import ConfigError
 from hst.engine.module import PartialLabelModule
+from hst.io import atomic_path, write_text_atomic
 from hst.models.network import PartialLabelNetwork
 
 FORMATS = ("onnx", "torchscript")
@@ -205,8 +205,7 @@ def export_module(
     with torch.inference_mode():
         expected = model(check).numpy()
     # A hidden temporary name in the same folder: the final rename is atomic, permissions follow the umask.
-    temp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(out) as temp:
         if fmt == "onnx":
             _export_onnx(model, example, temp)
             got = _run_onnx(temp, check.numpy())
@@ -223,10 +222,7 @@ def export_module(
                 "nothing was written"
             )
         sidecar = json.dumps(_sidecar(module, fmt, size, checkpoint, diff), indent=2) + "\n"
-        result.sidecar.write_text(sidecar, encoding="utf-8")
-        os.replace(temp, out)
-    finally:
-        temp.unlink(missing_ok=True)
+        write_text_atomic(result.sidecar, sidecar)
     return result
 
 

@@ -13,7 +13,6 @@ import contextlib
 import csv
 import io
 import json
-import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from hst.config import ConfigError
 from hst.data.base import DataError, MultiLabelData
 from hst.engine.module import DEFAULT_THRESHOLD, PartialLabelModule
+from hst.io import write_text_atomic
 from hst.models.network import NetworkOutput
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -150,13 +150,7 @@ def _csv_text(rows: list[list[str]]) -> str:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        temp.write_text(text, encoding="utf-8", newline="")
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
+    write_text_atomic(path, text, newline="")
 
 
 def find_images(folder: Path) -> list[Path]:
@@ -308,7 +302,9 @@ def run_network(
     size = image_size or module.config.data.image_size
     transform = build_transform(size, "none", network.backbone.mean, network.backbone.std)
     loader = DataLoader(
-        _PredictDataset(data, transform), batch_size=batch_size, num_workers=num_workers, collate_fn=_collate
+        # The limit the model was trained under (the default for older checkpoints) guards what it predicts on.
+        _PredictDataset(data.with_max_pixels(module.config.data.max_image_pixels), transform),
+        batch_size=batch_size, num_workers=num_workers, collate_fn=_collate
     )
     target = _device(device)
     was_training = module.training

@@ -24,6 +24,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from hst.io import atomic_path, write_text_atomic
+
 REPORT_FILE = "report.html"
 FIGURE_FILES = {
     "loss": "loss.png",
@@ -178,7 +180,8 @@ def _save(figure: Figure, path: Path) -> Path:
     for axis in figure.axes:
         if axis.get_xlabel() in ("epoch", "training epoch", "training step"):
             axis.xaxis.set_major_locator(MaxNLocator(integer=True))
-    figure.savefig(path, format="png", dpi=_DPI)
+    with atomic_path(path) as temp:
+        figure.savefig(temp, format="png", dpi=_DPI)
     return path
 
 
@@ -690,7 +693,5 @@ def build_report(run_dir: Path, out_dir: Path | None = None) -> Path:
         if out_dir / name not in written:
             (out_dir / name).unlink(missing_ok=True)
     target = out_dir / REPORT_FILE
-    tmp = out_dir / f".{REPORT_FILE}.tmp"
-    tmp.write_text(_render(page), encoding="utf-8")
-    os.replace(tmp, target)
+    write_text_atomic(target, _render(page))
     return target

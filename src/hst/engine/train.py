@@ -34,11 +34,12 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.utils.data import DataLoader
 
-from hst.config import config_to_dict, resolve_config, save_config
+from hst.config import ConfigError, config_to_dict, resolve_config, save_config
 from hst.engine.cache import FeatureCache, extract_split_features
 from hst.engine.config import TrainConfig
 from hst.engine.data import PartialLabelDataModule, Splits, describe_splits, prepare_splits
 from hst.engine.module import DEFAULT_THRESHOLD, PartialLabelModule, plain
+from hst.io import atomic_path, folder_lock, write_text_atomic
 from hst.methods import apply_model_preset
 
 log = logging.getLogger(__name__)
@@ -173,36 +174,17 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
         target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        temp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        try:
-            with temp.open("wb") as handle:
-                torch.save(checkpoint, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
+
+        def keep_previous() -> None:
+            # Only once the new file is whole on disk: a failed write leaves last.ckpt and last.ckpt.prev as they were.
             if target.name == LAST_CHECKPOINT and target.is_file():
                 os.replace(target, target.with_name(PREVIOUS_CHECKPOINT))
-            os.replace(temp, target)
-            _fsync_dir(target.parent)
-        finally:
-            temp.unlink(missing_ok=True)
+
+        with atomic_path(target, before_replace=keep_previous) as temp, temp.open("wb") as handle:
+            torch.save(checkpoint, handle)
 
     def load_checkpoint(self, path: Any, map_location: Any | None = None, weights_only: bool | None = None) -> Any:
         return super().load_checkpoint(path, map_location=map_location, weights_only=True)
-
-
-def _fsync_dir(path: Path) -> None:
-    # The rename itself must reach the disk too; not every platform can open a folder for that.
-    try:
-        descriptor = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
 
 
 def resume_checkpoint(run_dir: Path | str) -> Path | None:
@@ -503,10 +485,34 @@ def train(
     config = apply_model_preset(config)
     if config.trainer.select_on not in {"val", "test"}:
         raise ValueError(f"trainer.select_on must be 'val' or 'test', got {config.trainer.select_on!r}")
+    if resume is not None and config.data.num_workers > 0:
+        raise ConfigError(
+            f"hst train --resume {resume}: data.num_workers={config.data.num_workers} is refused, because the "
+            "random state of data-loader worker processes (augmentation, and the shuffling of persistent workers) "
+            "is not saved in checkpoints, so the resumed run could not repeat the original. Resume with "
+            "data.num_workers=0 (exact from the checkpoint on, loading in the main process)"
+        )
     L.seed_everything(config.trainer.seed, workers=True, verbose=False)
     torch.set_float32_matmul_precision("high")
     run_dir = Path(resume) if resume is not None else _run_dir(config)
     run_dir.mkdir(parents=True, exist_ok=True)
+    # One writer per run folder; the processes of a data-parallel run write into rank 0's folder under its lock.
+    lock = folder_lock(run_dir, "run") if _env_rank() == 0 else contextlib.nullcontext()
+    with lock:
+        return _train_in(config, run_dir, resume, callbacks)
+
+
+def _env_rank() -> int:
+    """This process's global rank as launchers announce it before any process group exists (0 when alone)."""
+    for key in ("RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
+        if os.environ.get(key, "").isdigit():
+            return int(os.environ[key])
+    return int(os.environ.get("NODE_RANK", "0") or 0) + int(os.environ.get("LOCAL_RANK", "0") or 0)
+
+
+def _train_in(
+    config: TrainConfig, run_dir: Path, resume: Path | str | None, callbacks: Sequence[L.Callback]
+) -> RunResult:
     start, notes, kept_rows, purge_step = _prepare_resume(run_dir) if resume is not None else (None, [], None, None)
     for note in (_precision(config)[1], _sync_batchnorm(config)[1] if _processes(config) > 1 else None):
         if note:
@@ -591,7 +597,7 @@ def train(
     summary.extend(_tune_checkpoints(config, run_dir, module, datamodule, written, best))
     if is_zero:
         _write_json(run_dir / "metrics.json", {"test": test_metrics, "val_last_epoch": val_metrics})
-        (run_dir / "summary.txt").write_text("\n".join(summary) + "\n")
+        write_text_atomic(run_dir / "summary.txt", "\n".join(summary) + "\n")
     return RunResult(run_dir, best, test_metrics, val_metrics, summary, rank=trainer.global_rank)
 
 
@@ -652,12 +658,8 @@ def tune_thresholds(
 
 
 def _save_checkpoint(payload: dict[str, Any], path: Path) -> None:
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(payload, temp)
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
+    with atomic_path(path) as temp, temp.open("wb") as handle:
+        torch.save(payload, handle)
 
 
 def _tune_checkpoints(
@@ -740,9 +742,7 @@ def _write_thresholds_json(
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(payload, indent=2))
 
 
 REQUIRED_KEYS = ("hst_config", "hst_class_names", "state_dict")
@@ -854,7 +854,7 @@ def evaluate_checkpoint(checkpoint_path: Path, data_spec: str, batch_size: int =
     from hst.metrics import evaluate
 
     module, config = load_module(checkpoint_path)
-    data = load_dataset(data_spec)
+    data = load_dataset(data_spec).with_max_pixels(config.data.max_image_pixels)
     if data.class_names != module.class_names:
         raise ValueError(f"{data_spec}: classes differ from the checkpoint's {len(module.class_names)} classes")
     backbone = module.network.backbone

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -219,20 +217,10 @@ def write_csv_manifest(data: MultiLabelData, path: Path, image_column: list[str]
         if cell.strip() in first:
             raise ValueError(f"rows {first[cell.strip()]} and {row} have the same image cell {cell!r}")
         first[cell.strip()] = row
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="") as stream:
-            writer = csv.writer(stream, lineterminator="\n")
-            writer.writerow(["image", *data.class_names])
-            for cell, row in zip(cells, data.labels.tolist(), strict=True):
-                writer.writerow([cell, *row])
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(temp_name, mode)
-        os.replace(temp_name, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp_name)
-        raise
+    from hst.io import atomic_write
+
+    with atomic_write(path, "w", newline="") as stream:
+        writer = csv.writer(stream, lineterminator="\n")
+        writer.writerow(["image", *data.class_names])
+        for cell, row in zip(cells, data.labels.tolist(), strict=True):
+            writer.writerow([cell, *row])
