@@ -12,6 +12,7 @@ import torch
 import yaml
 
 from hst.config import resolve_config
+from hst.data.spec import load_dataset
 from hst.engine.config import TrainConfig
 from hst.engine.data import prepare_splits
 from hst.engine.module import PartialLabelModule
@@ -34,7 +35,7 @@ def test_hst_trains_end_to_end_and_is_deterministic(tmp_path: Path) -> None:
     first = train(tiny_config(tmp_path, "trainer.run_name=a"))
     second = train(tiny_config(tmp_path, "trainer.run_name=b"))
     for result in (first, second):
-        assert math.isfinite(result.test_metrics["mAP"]) and 0 <= result.test_metrics["mAP"] <= 100
+        assert math.isfinite(result.test_metrics["mAP"])
         assert (result.run_dir / "config.yaml").is_file()
         assert (result.run_dir / "checkpoints" / "best.ckpt").is_file()
         assert (result.run_dir / "csv" / "metrics.csv").is_file()
@@ -48,11 +49,11 @@ def test_hst_trains_end_to_end_and_is_deterministic(tmp_path: Path) -> None:
     assert checkpoint["hst_method_state"]["prototypes"] is not None
     assert checkpoint["hst_class_names"][0] == "person"
 
-    # Pseudo-label statistics and thresholds were logged per epoch, and the learned thresholds moved.
+    # Pseudo-label counts were logged for each pseudo-label epoch (epochs 1 and 2; that they act at the sizes
+    # users run is test_shipped_defaults_make_pseudo_labels_at_the_default_size).
     rows = list(csv.DictReader((first.run_dir / "csv" / "metrics.csv").open()))
-    assert any(row.get("method/epoch_intra_pseudo_count") for row in rows)
-    intra = [float(row["method/intra_threshold"]) for row in rows if row.get("method/intra_threshold")]
-    assert intra[0] == pytest.approx(0.5) and abs(intra[-1] - intra[0]) > 1e-3
+    counts = [row["epoch"] for row in rows if row.get("method/pseudo_all_neg_count")]
+    assert counts == ["1", "2"]
 
     # Training lowers the classification loss and ends well above the label-frequency (chance) mAP.
     bce = [float(row["train/bce"]) for row in rows if row.get("train/bce")]
@@ -63,18 +64,60 @@ def test_hst_trains_end_to_end_and_is_deterministic(tmp_path: Path) -> None:
     # evaluate() of the best checkpoint on the test spec reproduces the engine's own test numbers
     # when the test split equals a dataset spec: here, score the whole synthetic set instead and sanity-check.
     metrics = evaluate_checkpoint(first.run_dir / "checkpoints" / "best.ckpt", "synthetic:40")
-    assert 0 <= metrics["mAP"] <= 100
+    assert metrics["mAP"] > chance_map(load_dataset("synthetic:40").labels) + 10
+
+
+@pytest.mark.slow
+def test_published_learned_thresholds_start_at_one_and_the_intra_one_moves(tmp_path: Path) -> None:
+    """The published DTL ablation with its shipped initial thresholds (1.0): IST's moves, CST's cannot."""
+    shipped = ["method.intra_threshold=1.0", "method.inter_threshold=1.0", "method.name=hst_dtl"]
+    result = train(tiny_config(tmp_path, *shipped))
+    rows = list(csv.DictReader((result.run_dir / "csv" / "metrics.csv").open()))
+    intra = [float(row["method/intra_threshold"]) for row in rows if row.get("method/intra_threshold")]
+    inter = [float(row["method/inter_threshold"]) for row in rows if row.get("method/inter_threshold")]
+    assert intra[0] == pytest.approx(1.0) and intra[-1] < 1.0 - 1e-3
+    # No mean prototype cosine reaches 1, so the CST threshold gets no gradient (the defect calibration fixes).
+    assert inter[-1] == pytest.approx(1.0)
+
+
+@pytest.mark.slow
+def test_shipped_defaults_make_pseudo_labels_at_the_default_size(tmp_path: Path) -> None:
+    """The default run (synthetic:1000, HST defaults), with a frozen backbone so that it takes about a minute:
+    pseudo positives and negatives are made, far more precise than the base rate of the unknown entries."""
+    extra = ["trainer.progress_bar=false", f"trainer.output_dir={tmp_path}", "model.trainable=none",
+             f"data.cache_dir={tmp_path / 'cache'}"]
+    result = train(resolve_config(TrainConfig, None, extra))
+    rows = list(csv.DictReader((result.run_dir / "csv" / "metrics.csv").open()))
+    epochs = [row for row in rows if row.get("method/pseudo_all_pos_count")]
+    assert epochs, "no pseudo-label epoch was logged"
+    last = epochs[-1]
+    hidden_pos = float(last["method/pseudo_all_pos_possible"])
+    hidden = hidden_pos + float(last["method/pseudo_all_neg_possible"])
+    base_rate = hidden_pos / hidden
+    assert float(last["method/pseudo_all_pos_count"]) > 0.1 * hidden_pos
+    assert float(last["method/pseudo_all_pos_precision"]) > base_rate + 0.5
+    assert float(last["method/pseudo_all_neg_count"]) > 0.3 * (hidden - hidden_pos)
+    assert float(last["method/pseudo_all_neg_precision"]) > 1 - base_rate / 3
 
 
 def test_thresholds_get_their_own_param_group(tmp_path: Path) -> None:
-    config = tiny_config(tmp_path, "method.threshold_lr=0.01")
+    config = tiny_config(tmp_path, "method.threshold_lr=0.01", "method.name=hst_dtl")
     splits = prepare_splits(config.data)
     module = PartialLabelModule(config, splits.train.class_names, splits.train.labels, len(splits.train))
     optimizer = module.configure_optimizers()["optimizer"]
-    assert len(optimizer.param_groups) == 2
-    group = optimizer.param_groups[1]
+    # decayed weights, undecayed biases and norms, thresholds
+    assert len(optimizer.param_groups) == 3
+    assert all(p.ndim == 1 for p in optimizer.param_groups[1]["params"])
+    assert optimizer.param_groups[1]["weight_decay"] == 0.0
+    group = optimizer.param_groups[2]
     assert group["lr"] == 0.01 and group["weight_decay"] == 0.0 and len(group["params"]) == 2
-    published = tiny_config(tmp_path, "method.threshold_param_group=false")
+    calibrated = PartialLabelModule(
+        tiny_config(tmp_path), splits.train.class_names, splits.train.labels, len(splits.train)
+    )
+    assert len(calibrated.configure_optimizers()["optimizer"].param_groups) == 2  # nothing learns a threshold
+    published = tiny_config(
+        tmp_path, "method.name=hst_dtl", "method.threshold_param_group=false", "optim.decay_biases=true"
+    )
     module = PartialLabelModule(published, splits.train.class_names, splits.train.labels, len(splits.train))
     assert len(module.configure_optimizers()["optimizer"].param_groups) == 1
 
@@ -123,7 +166,7 @@ def test_frozen_backbone_trains_from_the_feature_cache(tmp_path: Path) -> None:
     cache_dir = tmp_path / "cache"
     extra = ["model.trainable=none", f"data.cache_dir={cache_dir}", "method.name=partial_bce"]
     first = train(tiny_config(tmp_path, *extra, "trainer.run_name=c1"))
-    files = sorted(cache_dir.glob("*.npy"))
+    files = sorted(f for f in cache_dir.glob("*.npy") if not f.name.endswith(".pool2.npy"))
     assert len(files) == 1  # the carved test split shares the source's cache
     stamp = files[0].stat().st_mtime_ns
     assert "cached features" in "\n".join(first.summary_lines)
@@ -133,13 +176,13 @@ def test_frozen_backbone_trains_from_the_feature_cache(tmp_path: Path) -> None:
     assert second.test_metrics["mAP"] == first.test_metrics["mAP"]
     # Another image size is another cache entry.
     train(tiny_config(tmp_path, *extra, "data.image_size=72", "trainer.run_name=c3", "trainer.epochs=1"))
-    assert len(list(cache_dir.glob("*.npy"))) == 2
+    assert len([f for f in cache_dir.glob("*.npy") if not f.name.endswith(".pool2.npy")]) == 2
 
 
 def test_linear_head_baseline_and_its_guard(tmp_path: Path) -> None:
     extra = ["model.trainable=none", f"data.cache_dir={tmp_path / 'cache'}", "model.head=linear"]
     result = train(tiny_config(tmp_path, *extra, "method.name=assume_negative", "trainer.epochs=2"))
-    assert 0 <= result.test_metrics["mAP"] <= 100
+    assert math.isfinite(result.test_metrics["mAP"])
     config = tiny_config(tmp_path, *extra, "method.name=hst")
     splits = prepare_splits(config.data)
     with pytest.raises(ValueError, match="semantic"):

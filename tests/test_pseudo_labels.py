@@ -1,0 +1,172 @@
+"""Calibrated pseudo labels: thresholds against brute force, the combination rule, the leave-one-out IST score,
+and the HST method fixing one epoch's pseudo labels from a feature source."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import torch
+
+from hst.engine.config import MethodConfig
+from hst.methods import create
+from hst.methods.base import FeatureBatch
+from hst.methods.thresholds import (
+    ClassThresholds,
+    calibrate,
+    decide,
+    expected_hidden_positives,
+    negative_threshold,
+    positive_threshold,
+    quality,
+)
+from hst.models.ist import cooccurrence_matrix, intra_scores_leave_one_out
+
+
+def _brute_positive(scores: np.ndarray, positive: np.ndarray, target: float, min_positives: int) -> float:
+    """The lowest candidate score whose kept set (score ≥ t) meets the smoothed precision and positive count."""
+    best = np.inf
+    for t in np.unique(scores):
+        kept = scores >= t
+        tp = int((kept & positive).sum())
+        if tp >= min_positives and tp / (kept.sum() + 1) >= target:
+            best = min(best, float(t))
+    return best
+
+
+def _brute_negative(scores: np.ndarray, positive: np.ndarray, target: float, min_negatives: int) -> float:
+    best = -np.inf
+    for t in np.unique(scores):
+        kept = scores <= t
+        tn = int((kept & ~positive).sum())
+        if tn >= min_negatives and tn / (kept.sum() + 1) >= target:
+            best = max(best, float(t))
+    return best
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_thresholds_match_brute_force(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(5, 60))
+    positive = rng.random(n) < 0.3
+    # Rounded scores create ties, which must share one decision.
+    scores = np.round(rng.random(n) + positive * rng.random() * 1.5, 1)
+    for target, min_pos in itertools.product((0.5, 0.8, 0.9), (1, 3)):
+        expected = _brute_positive(scores, positive, target, min_pos)
+        assert positive_threshold(scores, positive, target, min_pos) == expected
+    for target, min_neg in itertools.product((0.8, 0.95), (1, 5)):
+        expected = _brute_negative(scores, positive, target, min_neg)
+        assert negative_threshold(scores, positive, target, min_neg) == expected
+
+
+def test_nan_scores_are_not_evidence() -> None:
+    scores = np.array([0.9, np.nan, 0.8, 0.1, np.nan])
+    positive = np.array([True, True, True, False, False])
+    assert positive_threshold(scores, positive, 0.6, 2) == pytest.approx(0.8)
+    assert positive_threshold(scores, positive, 0.6, 3) == np.inf  # only two scored positives
+
+
+def test_pooled_calibration_serves_classes_with_few_positives() -> None:
+    rng = np.random.default_rng(0)
+    labels = np.where(rng.random((200, 3)) < 0.3, 1, -1).astype(np.int8)
+    labels[:, 2] = -1
+    labels[:2, 2] = 1  # class 2: two known positives only
+    scores = np.where(labels > 0, 0.7 + 0.3 * rng.random((200, 3)), 0.6 * rng.random((200, 3)))
+    own = calibrate(scores, labels, 0.9, 0.98, min_positives=5)
+    pooled = calibrate(scores, labels, 0.9, 0.98, min_positives=5, pooled=True)
+    assert np.isinf(own.positive[2]) and np.isfinite(pooled.positive[2])
+    assert np.array_equal(own.positive[:2], pooled.positive[:2])  # classes with enough positives keep their own
+
+
+def test_decide_fills_only_unknown_entries_caps_positives_and_needs_all_sources_for_negatives() -> None:
+    labels = np.array([[1, 0, 0], [0, 0, -1], [0, 0, 0], [0, -1, 0], [1, 0, 0], [-1, 0, 0]], dtype=np.int8)
+    a = np.array([[0.9, 0.9, 0.1], [0.95, 0.1, 0.1], [0.8, 0.9, 0.1], [0.1, 0.9, 0.05], [0.9, 0.2, 0.3], [0, 0, 0]])
+    b = np.full_like(a, np.nan)
+    b[2, 2] = 0.9  # a calls this entry negative, but b scores it high: it cannot become a negative
+    thresholds = {
+        "a": ClassThresholds(np.array([0.7, 0.7, 0.7]), np.array([0.15, 0.15, 0.15])),
+        "b": ClassThresholds(np.array([np.inf] * 3), np.array([0.5] * 3)),
+    }
+    decision = decide(labels, {"a": a, "b": b}, thresholds, rank_by=a, negatives=True)
+    known = labels != 0
+    assert np.all(decision.targets[known] == 0)
+    cap = np.floor(expected_hidden_positives(labels)).astype(int)
+    assert np.all((decision.targets > 0).sum(0) <= cap)
+    # Class 0: 2 of 3 known are positive, 3 unknown → at most 2 pseudo positives, the highest scored first.
+    assert cap[0] == 2 and decision.targets[1, 0] == 1 and decision.targets[2, 0] == 1
+    assert decision.targets[3, 0] == -1  # a scores it under the negative threshold, no other source scores it
+    assert decision.targets[2, 2] == 0
+    assert decision.targets[0, 2] == -1 and decision.targets[3, 2] == -1
+    assert decision.sources["a"][1, 1] == -1 and decision.targets[1, 1] == -1
+    without = decide(labels, {"a": a, "b": b}, thresholds, rank_by=a, negatives=False)
+    assert not np.any(without.targets < 0)
+
+
+def test_quality_counts_precision_and_recall_against_full_labels() -> None:
+    labels = np.array([[0, 0], [0, 1], [0, 0]], dtype=np.int8)
+    full = np.array([[1, -1], [-1, 1], [1, -1]], dtype=np.int8)
+    pseudo = np.array([[1, -1], [1, 0], [0, 1]], dtype=np.int8)
+    q = quality(pseudo, labels, full)
+    assert q["pos_count"] == 3 and q["pos_correct"] == 1 and q["pos_precision"] == pytest.approx(1 / 3)
+    assert q["pos_possible"] == 2 and q["pos_recall"] == pytest.approx(0.5)
+    assert q["neg_count"] == 1 and q["neg_precision"] == 1.0 and q["neg_recall"] == pytest.approx(1 / 3)
+
+
+def test_leave_one_out_ist_score_matches_a_loop() -> None:
+    gen = torch.Generator().manual_seed(3)
+    num = 5
+    pair_logits = torch.randn(4, num * (num - 1) // 2, generator=gen)
+    labels = torch.tensor([[1, 1, 0, -1, 0], [1, 0, 0, 0, 0], [0, 0, 0, 0, 0], [1, 1, 1, 0, -1]], dtype=torch.int8)
+    fast = intra_scores_leave_one_out(pair_logits, labels)
+    matrix = cooccurrence_matrix(pair_logits)
+    for b, i in itertools.product(range(4), range(num)):
+        others = [j for j in range(num) if labels[b, j] > 0 and j != i]
+        if not others:
+            assert torch.isnan(fast[b, i])
+        else:
+            expected = sum(float(matrix[b, i, j]) for j in others) / len(others)
+            assert float(fast[b, i]) == pytest.approx(expected, abs=1e-6)
+
+
+def _source(features: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, full: torch.Tensor):
+    def source(split: str = "train") -> Iterator[FeatureBatch]:
+        for start in range(0, len(labels), 16):
+            rows = torch.arange(start, min(start + 16, len(labels)))
+            yield FeatureBatch(rows, logits[rows], features[rows], labels[rows], full[rows])
+
+    return source
+
+
+def test_hst_fixes_pseudo_labels_for_the_epoch_and_trains_on_them() -> None:
+    """Clustered class features: CST and the classifier find the hidden positives, far above the base rate."""
+    gen = torch.Generator().manual_seed(0)
+    num, classes, dim = 240, 4, 8
+    full = torch.where(torch.rand(num, classes, generator=gen) < 0.25, 1, -1).to(torch.int8)
+    centers = torch.randn(classes, dim, generator=gen) * 3
+    features = torch.randn(num, classes, dim, generator=gen) + (full > 0).unsqueeze(2) * centers
+    logits = torch.where(full > 0, 2.0, -2.0) + torch.randn(num, classes, generator=gen)
+    labels = torch.where(torch.rand(num, classes, generator=gen) < 0.3, full, torch.zeros_like(full))
+    config = MethodConfig(pseudo_label_epoch=1, prototypes_per_class=3, kmeans_iters=5, use_ist=False)
+    method = create("hst", config, classes, dim, num)
+    assert method.on_train_epoch_start(0, _source(features, logits, labels, full)) == {}  # before pseudo labels
+    logs = method.on_train_epoch_start(1, _source(features, logits, labels, full))
+    base_rate = float(((labels == 0) & (full > 0)).sum() / (labels == 0).sum())
+    assert logs["pseudo_all_pos_count"] > 0 and logs["pseudo_all_pos_precision"] > base_rate + 0.5
+    assert logs["pseudo_all_neg_count"] > 0 and logs["pseudo_all_neg_precision"] > 0.95
+    table = method.pseudo_targets
+    assert table is not None and torch.all(table[labels != 0] == 0)
+    # The step's classification loss counts known + pseudo-labelled entries and ignores the rest.
+    from hst.methods.base import StepContext
+    from hst.models.network import NetworkOutput
+
+    rows = torch.arange(16)
+    output = NetworkOutput(logits[rows].clone().requires_grad_(), features[rows].clone().requires_grad_())
+    result = method.training_loss(output, labels[rows], StepContext(1, 1, 2, rows, full[rows]))
+    expected = int(((labels[rows] == 0) & (table[rows] != 0)).sum())
+    assert result.logs["pseudo_entries"] == expected > 0
+    # Round trip through the checkpoint state.
+    clone = create("hst", config, classes, dim, num)
+    clone.load_extra_state(method.extra_state())
+    assert clone.pseudo_targets is not None and torch.equal(clone.pseudo_targets, table)
