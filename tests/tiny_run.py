@@ -3,6 +3,11 @@
 Tests that need other values append overrides after it: the last value of a key wins.
 """
 
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
 TINY = [
     "data.train=synthetic:72",
     "data.image_size=64",
@@ -19,3 +24,15 @@ TINY = [
     "method.intra_threshold=0.5",
     "method.inter_threshold=0.5",
 ]
+
+
+def tiny_checkpoint(out: Path, overrides: Sequence[str] = ()) -> Path:
+    """Train the tiny config (plus ``overrides``) into ``out`` and return its best checkpoint."""
+    from hst.config import resolve_config
+    from hst.engine.config import TrainConfig
+    from hst.engine.train import train
+
+    config = resolve_config(TrainConfig, None, [*TINY, f"trainer.output_dir={out}", "trainer.run_name=t", *overrides])
+    result = train(config)
+    assert result.best_checkpoint is not None
+    return result.best_checkpoint
