@@ -36,3 +36,21 @@ def tiny_checkpoint(out: Path, overrides: Sequence[str] = ()) -> Path:
     result = train(config)
     assert result.best_checkpoint is not None
     return result.best_checkpoint
+
+
+def write_image_manifests(folder: Path, count: int = 72, proportion: float = 0.3) -> tuple[Path, Path]:
+    """Synthetic images as PNG files with a full-label manifest and a partial one beside them (same cells)."""
+    from hst.data.base import MultiLabelData
+    from hst.data.partial import make_partial
+    from hst.data.readers import write_csv_manifest
+    from hst.data.spec import load_dataset
+
+    data = load_dataset(f"synthetic:{count}")
+    folder.mkdir(parents=True, exist_ok=True)
+    names = [f"img_{i:03d}.png" for i in range(count)]
+    for i, name in enumerate(names):
+        data.load_image(i).save(folder / name)
+    full = MultiLabelData(names, data.labels, data.class_names, image_paths=[folder / n for n in names])
+    write_csv_manifest(full, folder / "labels.csv")
+    write_csv_manifest(full.with_labels(make_partial(data.labels, "entry", proportion, 0)), folder / "partial.csv")
+    return folder / "labels.csv", folder / "partial.csv"

@@ -54,7 +54,7 @@ def run_review(args: argparse.Namespace) -> int:
     print(f"saving every decision to {session.out_csv} and {session.log_path}")
 
     def announce(url: str) -> None:
-        print(f"{url}\n(Ctrl-C stops the server; decisions are already saved)", flush=True)
+        print(f"review page: {url}\n(Ctrl-C stops the server; every decision is saved as it is made)", flush=True)
 
     serve(session, port=args.port, announce=announce)
     final = session.progress()

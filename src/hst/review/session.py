@@ -87,9 +87,10 @@ class Suggestion:
 def order(suggestions: Sequence[Suggestion]) -> list[int]:
     """Indices of ``suggestions`` in review order (see the module docstring)."""
 
-    def entry_key(k: int) -> tuple[float, bool, int, int]:
+    def entry_key(k: int) -> tuple[int, bool, int, int]:
         s = suggestions[k]
-        return (-round(s.doubt, 9), s.value != POSITIVE, s.image, s.label)
+        # doubt in units of 1e-4 from the confidence the page receives (4 decimals): the page sorts identically
+        return (-round(1e4 * (1 - round(s.confidence, 4))), s.value != POSITIVE, s.image, s.label)
 
     by_image: dict[int, list[int]] = {}
     for k in sorted(range(len(suggestions)), key=entry_key):

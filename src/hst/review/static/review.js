@@ -46,7 +46,8 @@ function buildGroups() {
     if (!byImage.has(s[S.I])) byImage.set(s[S.I], []);
     byImage.get(s[S.I]).push(s);
   }
-  const rank = (s) => [-Math.round(doubt(s) * 1e9), s[S.V] === 1 ? 0 : 1, s[S.I], s[S.C]];
+  // doubt in units of 1e-4, exactly as the server computes it from the same 4-decimal confidence
+  const rank = (s) => [-Math.round(1e4 * doubt(s)), s[S.V] === 1 ? 0 : 1, s[S.I], s[S.C]];
   const less = (a, b) => { for (let k = 0; k < a.length; k++) if (a[k] !== b[k]) return a[k] - b[k]; return 0; };
   view.groups = [...byImage.values()].sort((a, b) => less(rank(a[0]), rank(b[0])));
 }
