@@ -94,10 +94,11 @@ function renderProgress(progress) {
 
 function evidence(s) {
   const p3 = (x) => Number(x).toFixed(3);  // p and τ can agree to two decimals on either side
-  const parts = [`classifier p ${p3(s[S.P])} ${s[S.P] >= s[S.TAU] ? "≥" : "<"} τ ${p3(s[S.TAU])}`];
+  const parts = [`p ${p3(s[S.P])} ${s[S.P] >= s[S.TAU] ? "≥" : "<"} τ ${p3(s[S.TAU])}`];
   for (const [name, score, vote] of [["IST", s[S.IST], s[S.IST_VOTE]], ["CST", s[S.CST], s[S.CST_VOTE]]]) {
     if (score === null) continue;
-    const says = vote === null ? "" : vote ? " <span class='yes'>votes present</span>" : " <span class='no'>no vote</span>";
+    // IST and CST only ever vote "present" (as HST's pseudo labels); no vote is no evidence either way
+    const says = vote ? " <span class='yes' title='score above the learned threshold: votes present'>▲</span>" : "";
     parts.push(`${name} ${fmt(score)}${says}`);
   }
   return parts.join(" · ");
