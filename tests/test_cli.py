@@ -30,7 +30,7 @@ def test_console_script_help_runs() -> None:
     "verb",
     [
         ["data"], ["data", "stats"], ["make-partial"], ["metrics"], ["train"], ["evaluate"], ["benchmark"],
-        ["extract-features"], ["predict"], ["complete"], ["export"], ["report"],
+        ["extract-features"], ["predict"], ["complete"], ["review"], ["export"], ["report"],
     ],
 )
 def test_every_verb_has_help(verb: list[str], capsys: pytest.CaptureFixture[str]) -> None:

@@ -277,6 +277,16 @@ class Server:
         self.output: list[str] = []
         lines: queue.Queue[str | None] = queue.Queue()
         threading.Thread(target=self._read, args=(lines,), daemon=True).start()
+        try:
+            self.url = self._wait_for_url(lines)
+        except BaseException:
+            self.process.kill()  # not yet known to the fixture, which would otherwise leave it running
+            raise
+        parts = urllib.parse.urlsplit(self.url)
+        self.host, self.port, self.token = parts.hostname, parts.port, parts.path.strip("/")
+        assert self.host == "127.0.0.1"
+
+    def _wait_for_url(self, lines: queue.Queue[str | None]) -> str:
         deadline = time.monotonic() + 240  # the URL comes after the model has run over the images
         while True:
             try:
@@ -287,11 +297,7 @@ class Server:
                 raise AssertionError(f"hst review exited ({self.process.wait()}):\n{''.join(self.output)}")
             self.output.append(line)
             if line.startswith("review page: "):
-                self.url = line.split(": ", 1)[1].strip()
-                break
-        parts = urllib.parse.urlsplit(self.url)
-        self.host, self.port, self.token = parts.hostname, parts.port, parts.path.strip("/")
-        assert self.host == "127.0.0.1"
+                return line.split(": ", 1)[1].strip()
 
     def _read(self, lines: queue.Queue[str | None]) -> None:
         assert self.process.stdout is not None

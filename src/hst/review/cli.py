@@ -56,7 +56,11 @@ def run_review(args: argparse.Namespace) -> int:
     def announce(url: str) -> None:
         print(f"review page: {url}\n(Ctrl-C stops the server; every decision is saved as it is made)", flush=True)
 
-    serve(session, port=args.port, announce=announce)
+    try:
+        serve(session, port=args.port, announce=announce)
+    except OSError as error:  # the port is taken, or not ours to use
+        print(f"error: cannot serve on 127.0.0.1:{args.port}: {error}", file=sys.stderr)
+        return 2
     final = session.progress()
     print(f"stopped: {final['decided']} of {final['total']} suggestions decided; reviewed manifest: {session.out_csv}")
     return 0
