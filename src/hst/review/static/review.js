@@ -180,10 +180,10 @@ async function decide(action) {
   const here = flatIndex();
   const result = await api("api/decide", { image: s[S.I], label: s[S.C], action });
   view.decisions.set(key(s), { action: result.action, value: result.value });
-  seekUndecided(here + 1);
+  const more = seekUndecided(here + 1);
   renderProgress(result);
   render();
-  status(`saved: ${view.state.classes[s[S.C]]} ${action}`);
+  status(`saved: ${view.state.classes[s[S.C]]} ${action}` + (more ? "" : " · every suggestion in this filter is decided"));
 }
 
 async function undo() {
