@@ -1,9 +1,35 @@
-"""Shared fixtures."""
+"""Shared fixtures, and where the tests find the real photos (``real_data``)."""
 
+import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
+
+DATA_ENV = "HST_DATA_DIR"
+# Beside the project, as in the development setup; a clone elsewhere names its copy in HST_DATA_DIR.
+DEFAULT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+
+
+def data_root() -> Path:
+    """The folder holding ``coco128/`` and ``voc2007-train/``: ``$HST_DATA_DIR``, else ``../shared/data``."""
+    given = os.environ.get(DATA_ENV)
+    return Path(given).expanduser() if given else DEFAULT_DATA
+
+
+def real_data(*parts: str) -> Path:
+    """``data_root()/parts…``; a test that needs it fails with one message saying what is missing and how to get it."""
+    root = data_root()
+    path = root.joinpath(*parts)
+    if not path.exists():
+        origin = f"${DATA_ENV}={os.environ[DATA_ENV]}" if os.environ.get(DATA_ENV) else f"the default {DEFAULT_DATA}"
+        pytest.fail(
+            f"real-photo test data missing: {path} does not exist (data folder: {origin}). Put coco128/ and "
+            f"voc2007-train/ in one folder and set {DATA_ENV} to it; docs/data.md says where to get them.",
+            pytrace=False,
+        )
+    return path
 
 
 @pytest.fixture(scope="module")

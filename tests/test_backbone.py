@@ -20,7 +20,11 @@ from hst.models.backbone import (
     load_efficientnet_lite_state_dict,
 )
 
-COCO128 = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "coco128"
+try:
+    from conftest import real_data
+except ImportError:  # tests collected as a package
+    from tests.conftest import real_data
+
 
 # image id -> (COCO class id in its label file, acceptable ImageNet classes); contents checked by eye
 PHOTOS = {
@@ -34,7 +38,7 @@ PHOTOS = {
 def _photo_batch() -> torch.Tensor:
     arrays = []
     for image_id in PHOTOS:
-        image = Image.open(COCO128 / "images" / "train2017" / f"{image_id}.jpg").convert("RGB")
+        image = Image.open(real_data("coco128") / "images" / "train2017" / f"{image_id}.jpg").convert("RGB")
         pixels = np.asarray(image.resize((224, 224), Image.Resampling.BICUBIC), dtype=np.float32) / 255.0
         arrays.append((pixels - 0.5) / 0.5)
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
@@ -49,7 +53,7 @@ def lite0_classifier() -> nn.Module:
 
 def test_photos_have_the_expected_coco_labels() -> None:
     for image_id, (coco_class, _) in PHOTOS.items():
-        lines = (COCO128 / "labels" / "train2017" / f"{image_id}.txt").read_text().split("\n")
+        lines = (real_data("coco128") / "labels" / "train2017" / f"{image_id}.txt").read_text().split("\n")
         assert coco_class in {int(line.split()[0]) for line in lines if line.strip()}
 
 

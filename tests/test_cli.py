@@ -14,7 +14,10 @@ from hst.cli import build_parser, main
 from hst.data.readers import read_csv_manifest
 from hst.data.spec import load_dataset
 
-COCO128 = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "coco128"
+try:
+    from conftest import real_data
+except ImportError:  # tests collected as a package
+    from tests.conftest import real_data
 
 
 def test_console_script_help_runs() -> None:
@@ -27,7 +30,7 @@ def test_console_script_help_runs() -> None:
     "verb",
     [
         ["data"], ["data", "stats"], ["make-partial"], ["metrics"], ["train"], ["evaluate"], ["benchmark"],
-        ["extract-features"], ["predict"], ["complete"], ["export"], ["report"],
+        ["extract-features"], ["predict"], ["complete"], ["review"], ["export"], ["report"],
     ],
 )
 def test_every_verb_has_help(verb: list[str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -38,14 +41,14 @@ def test_every_verb_has_help(verb: list[str], capsys: pytest.CaptureFixture[str]
 
 
 def test_data_stats_on_coco128(capsys: pytest.CaptureFixture[str]) -> None:
-    spec = f"yolo:{COCO128}:train2017"
+    spec = f"yolo:{real_data('coco128')}:train2017"
     assert main(["data", "stats", spec]) == 0
     out = capsys.readouterr().out
     assert "images: 128" in out and "classes: 80" in out
     # Mean positives per image recounted independently from the label files.
     per_image = []
-    for image in sorted((COCO128 / "images" / "train2017").glob("*.jpg")):
-        label_file = COCO128 / "labels" / "train2017" / f"{image.stem}.txt"
+    for image in sorted((real_data("coco128") / "images" / "train2017").glob("*.jpg")):
+        label_file = real_data("coco128") / "labels" / "train2017" / f"{image.stem}.txt"
         lines = label_file.read_text().split("\n") if label_file.exists() else []
         per_image.append(len({line.split()[0] for line in lines if line.strip()}))
     assert f"positives per image: mean {np.mean(per_image):.3f}" in out
@@ -60,7 +63,7 @@ def test_data_stats_accepts_override_form(capsys: pytest.CaptureFixture[str]) ->
 
 
 def test_make_partial_files_follow_the_recipe_and_nest(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    spec = f"yolo:{COCO128}:train2017"
+    spec = f"yolo:{real_data('coco128')}:train2017"
     full = load_dataset(spec)
     previous = None
     for proportion in [round(p, 1) for p in np.arange(0.1, 1.0, 0.1)]:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from hst.config import ConfigError, resolve_config
+from hst.config import ConfigError
 from hst.data.base import MultiLabelData
 from hst.data.partial import make_partial
 from hst.data.readers import write_csv_manifest
@@ -22,17 +22,18 @@ from hst.engine.complete import (
     completion_table,
     confidence_path,
 )
-from hst.engine.config import TrainConfig
 from hst.engine.data import build_transform
 from hst.engine.module import PartialLabelModule
-from hst.engine.train import load_module, train
+from hst.engine.train import load_module
 from hst.models.cst import inter_scores
 from hst.models.ist import intra_scores
 
 try:
     from tiny_run import TINY as _TINY
+    from tiny_run import tiny_checkpoint
 except ImportError:  # tests collected as a package
     from tests.tiny_run import TINY as _TINY
+    from tests.tiny_run import tiny_checkpoint
 
 # float sums depend on the thread count, and tiny tensors gain nothing from threads
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -52,11 +53,7 @@ def partial_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory, partial_csv: Path) -> Path:
-    out = tmp_path_factory.mktemp("run")
-    overrides = [*TINY, f"trainer.output_dir={out}", f"data.partial_labels={partial_csv}", "trainer.run_name=t"]
-    result = train(resolve_config(TrainConfig, None, overrides))
-    assert result.best_checkpoint is not None
-    return result.best_checkpoint
+    return tiny_checkpoint(tmp_path_factory.mktemp("run"), [*TINY, f"data.partial_labels={partial_csv}"])
 
 
 @pytest.fixture(scope="module")

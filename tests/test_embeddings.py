@@ -12,7 +12,11 @@ from hst.data.base import DataError
 from hst.models import embeddings
 from hst.models.embeddings import EmbeddingError, class_name_words, load_label_embeddings
 
-SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+try:
+    from conftest import real_data
+except ImportError:  # tests collected as a package
+    from tests.conftest import real_data
+
 VOC_CLASSES = [
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
@@ -20,7 +24,7 @@ VOC_CLASSES = [
 
 
 def _coco_classes() -> list[str]:
-    config = yaml.safe_load((SHARED_DATA / "coco128" / "classes.yaml").read_text())
+    config = yaml.safe_load(real_data("coco128", "classes.yaml").read_text())
     return [config["names"][index] for index in sorted(config["names"])]
 
 

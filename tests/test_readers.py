@@ -23,9 +23,10 @@ from hst.data.readers import (
 )
 from hst.data.spec import load_dataset
 
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
-COCO128 = DATA / "coco128"
-VOC_CSV = DATA / "voc2007-train" / "labels.csv"
+try:
+    from conftest import real_data
+except ImportError:  # tests collected as a package
+    from tests.conftest import real_data
 
 
 def raises_with(call: Callable[[], object], *fragments: str) -> str:
@@ -59,7 +60,7 @@ def recount_yolo(root: Path, split: str) -> dict[str, set[int]]:
 
 @pytest.mark.parametrize("split", ["train2017", "val2017"])
 def test_yolo_reads_coco128(split: str) -> None:
-    data = read_yolo(COCO128, split)
+    data = read_yolo(real_data("coco128"), split)
     assert len(data) == 128
     assert data.num_classes == 80
     assert data.class_names[0] == "person"
@@ -69,7 +70,7 @@ def test_yolo_reads_coco128(split: str) -> None:
     assert all(path.stem == image_id for path, image_id in zip(data.image_paths, data.image_ids, strict=True))
     assert set(np.unique(data.labels)) <= {-1, 1}
 
-    expected = recount_yolo(COCO128, split)
+    expected = recount_yolo(real_data("coco128"), split)
     assert set(expected) == set(data.image_ids)
     for row, image_id in enumerate(data.image_ids):
         assert set(np.flatnonzero(data.labels[row] == 1)) == expected[image_id], image_id
@@ -79,11 +80,11 @@ def test_yolo_reads_coco128(split: str) -> None:
 
 
 def test_yolo_coco128_images_without_labels_are_all_negative() -> None:
-    data = read_yolo(COCO128, "train2017")
+    data = read_yolo(real_data("coco128"), "train2017")
     unlabeled = [
         row
         for row, image_id in enumerate(data.image_ids)
-        if not (COCO128 / "labels" / "train2017" / f"{image_id}.txt").exists()
+        if not (real_data("coco128") / "labels" / "train2017" / f"{image_id}.txt").exists()
     ]
     assert unlabeled, "coco128 train2017 has images without a label file"
     assert (data.labels[unlabeled] == -1).all()
@@ -399,7 +400,7 @@ def test_vg_bad_inputs(tmp_path: Path) -> None:
 
 
 def test_csv_reads_voc2007_train() -> None:
-    data = read_csv_manifest(VOC_CSV)
+    data = read_csv_manifest(real_data("voc2007-train", "labels.csv"))
     assert len(data) == 2500
     assert data.class_names == list(VOC_CLASSES)  # also proves CRLF line ends were handled
     assert (data.labels == 0).any(), "empty cells (difficult-only classes) are unknown"
@@ -407,7 +408,7 @@ def test_csv_reads_voc2007_train() -> None:
     assert data.image_ids[0] == "JPEGImages/000012.jpg"
     assert data.image_paths is not None and all(path.is_file() for path in data.image_paths)
     assert data.labels[0, VOC_CLASSES.index("car")] == 1
-    assert len(load_dataset(f"csv:{VOC_CSV}")) == 2500
+    assert len(load_dataset(f"csv:{real_data('voc2007-train', 'labels.csv')}")) == 2500
 
 
 def test_csv_values_and_paths(tmp_path: Path) -> None:

@@ -275,6 +275,12 @@ def cmd_complete(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_review(args: argparse.Namespace) -> int:
+    from hst.review.cli import run_review
+
+    return run_review(args)
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from hst.engine.export import ParityError, export_checkpoint
 
@@ -435,6 +441,13 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--on-error", dest="on_error", choices=["error", "skip"], default="error",
                       help="unreadable or missing image: stop (default) or skip it and report")
     comp.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto (cpu)")
+
+    from hst.review.cli import add_review_arguments
+
+    review = verb(verbs, "review", "serve a local page (127.0.0.1) where a person accepts or rejects the labels a "
+                  "checkpoint suggests; every decision is saved at once to the output manifest", cmd_review)
+    review.epilog = None  # no key=value overrides here
+    add_review_arguments(review)
 
     export = verb(verbs, "export", "export a checkpoint's inference graph (images → probabilities) to ONNX or "
                   "TorchScript, with a JSON sidecar and a parity check", cmd_export)

@@ -186,11 +186,17 @@ def _partial_labels(path: Path, source: MultiLabelData, train_spec: str, notes: 
             f"{len(source.class_names)} classes of {train_spec} ({detail})"
         )
     row_of = {image_id: row for row, image_id in enumerate(given.image_ids)}
+    if source.image_paths is not None and given.image_paths is not None:
+        # a manifest written elsewhere (hst make-partial, hst review) names the same files by other paths
+        by_file = {Path(p).resolve(): row for row, p in enumerate(given.image_paths)}
+        for image_id, image in zip(source.image_ids, source.image_paths, strict=True):
+            if image_id not in row_of and Path(image).resolve() in by_file:
+                row_of[image_id] = by_file[Path(image).resolve()]
     missing_rows = [i for i in source.image_ids if i not in row_of]
     if missing_rows:
         raise DataError(
             f"{path}: no row for {len(missing_rows)} images of {train_spec}, e.g. {missing_rows[:3]} "
-            "(the image column must hold the training source's image ids)"
+            "(the image column must hold the training source's image ids or name its image files)"
         )
     unused = len(given) - len(source)
     if unused:

@@ -17,6 +17,7 @@ import logging
 import os
 import random
 import signal
+import sys
 import time
 import warnings
 from collections.abc import Sequence
@@ -38,6 +39,7 @@ from hst.config import ConfigError, config_to_dict, resolve_config, save_config
 from hst.engine.cache import FeatureCache, extract_split_features
 from hst.engine.config import TrainConfig
 from hst.engine.data import PartialLabelDataModule, Splits, describe_splits, prepare_splits
+from hst.engine.epoch_log import EpochLine, silence_tips
 from hst.engine.module import DEFAULT_THRESHOLD, PartialLabelModule, plain
 from hst.io import atomic_path, folder_lock, write_text_atomic
 from hst.methods import apply_model_preset
@@ -398,10 +400,15 @@ def _trainer(
             TensorBoardLogger(str(run_dir), name="tensorboard", version="", **tensorboard_options),
             CSVLogger(str(run_dir), name="csv", version=""),
         ]
-    if t.progress_bar:
+    # A live bar on a terminal only; in a log file (CI, nohup) one plain line per epoch instead.
+    terminal = sys.stdout.isatty()
+    if t.progress_bar and terminal:
         from lightning.pytorch.callbacks import RichProgressBar
 
         callbacks = [*callbacks, RichProgressBar(leave=True)]
+    elif not terminal:
+        callbacks = [*callbacks, EpochLine(run_dir.name)]
+    silence_tips()
     return L.Trainer(
         max_epochs=t.epochs,
         accelerator=t.accelerator,
@@ -414,7 +421,7 @@ def _trainer(
         logger=loggers or False,
         callbacks=callbacks,
         plugins=[AtomicCheckpointIO()],
-        enable_progress_bar=t.progress_bar,
+        enable_progress_bar=t.progress_bar and terminal,
         enable_model_summary=False,
         log_every_n_steps=t.log_every_n_steps,
         limit_train_batches=t.limit_train_batches,

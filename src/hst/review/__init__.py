@@ -1,0 +1,5 @@
+"""``hst review``: a local web page where a person accepts or rejects the labels a checkpoint suggests.
+
+``session`` holds the suggestions, the person's decisions, the decision log and the reviewed manifest;
+``app`` is the web application (Flask) and its server (waitress) on 127.0.0.1.
+"""

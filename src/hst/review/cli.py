@@ -1,0 +1,66 @@
+"""The ``hst review`` verb: its arguments and what it prints (kept here so ``hst.cli`` stays small)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_review_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="checkpoint file written by hst train (checkpoints/best.ckpt)")
+    parser.add_argument("partial_labels", help="CSV manifest with 1/-1/empty labels and image files "
+                                               "(as hst make-partial writes); it is never written")
+    parser.add_argument("--out", required=True,
+                        help="reviewed CSV manifest, rewritten at every decision; OUT.decisions.jsonl is the "
+                             "decision log. If both exist the review resumes")
+    parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: a free one)")
+    parser.add_argument("--threshold", "--thresholds", dest="threshold", default="auto",
+                        help="decision threshold of the suggestions: auto (tuned per class when the checkpoint "
+                             "has them, else 0.5), tuned, or a probability")
+    parser.add_argument("--no-evidence", dest="no_evidence", action="store_true",
+                        help="use the classifier alone (no IST co-occurrence or CST prototype evidence)")
+    parser.add_argument("--batch-size", dest="batch_size", type=int, default=32, help="images per batch (32)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto (cpu)")
+
+
+def run_review(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from hst.review.app import serve
+    from hst.review.session import open_review
+
+    if not 0 <= args.port <= 65535:
+        print(f"error: --port must be in 0..65535, got {args.port}", file=sys.stderr)
+        return 2
+    session = open_review(
+        Path(args.checkpoint),
+        args.partial_labels,
+        Path(args.out),
+        threshold=args.threshold,
+        evidence=not args.no_evidence,
+        batch_size=args.batch_size,
+        on_error="skip",
+        device=args.device,
+    )
+    progress = session.progress()
+    print(
+        f"{progress['total']} suggestions on {len(session.cells)} images (evidence: {' + '.join(session.evidence)}), "
+        f"{progress['decided']} already decided"
+    )
+    for reason in session.ignored:
+        print(f"warning: decision log line not applied: {reason}", file=sys.stderr)
+    if session.skipped:
+        print(f"skipped {len(session.skipped)} unreadable images (no suggestions for them)", file=sys.stderr)
+    print(f"saving every decision to {session.out_csv} and {session.log_path}")
+
+    def announce(url: str) -> None:
+        print(f"review page: {url}\n(Ctrl-C stops the server; every decision is saved as it is made)", flush=True)
+
+    try:
+        serve(session, port=args.port, announce=announce)
+    except OSError as error:  # the port is taken, or not ours to use
+        print(f"error: cannot serve on 127.0.0.1:{args.port}: {error}", file=sys.stderr)
+        return 2
+    final = session.progress()
+    print(f"stopped: {final['decided']} of {final['total']} suggestions decided; reviewed manifest: {session.out_csv}")
+    return 0

@@ -1,0 +1,477 @@
+"""``hst review``: suggestions and their order, decisions, the decision log, resuming, and the web application's
+guards (token, loopback host, path traversal), on a tiny model trained on synthetic images written as PNG files."""
+
+from __future__ import annotations
+
+import csv
+import http.client
+import json
+import os
+import queue
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hst.cli import main
+from hst.config import ConfigError, resolve_config
+from hst.data.readers import read_csv_manifest
+from hst.engine.complete import complete
+from hst.engine.config import DataConfig
+from hst.engine.data import prepare_splits
+from hst.review.app import create_app
+from hst.review.session import ReviewSession, Suggestion, log_path, open_review, order
+
+try:
+    from tiny_run import TINY, tiny_checkpoint, write_image_manifests
+except ImportError:  # tests collected as a package
+    from tests.tiny_run import TINY, tiny_checkpoint, write_image_manifests
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TOKEN = "t0ken-for-tests"
+HOST = {"Host": "127.0.0.1:5000"}
+
+
+@pytest.fixture(scope="module")
+def manifests(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return write_image_manifests(tmp_path_factory.mktemp("images"))
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory, manifests: tuple[Path, Path]) -> Path:
+    labels, partial = manifests
+    return tiny_checkpoint(
+        tmp_path_factory.mktemp("run"), [f"data.train=csv:{labels}", f"data.partial_labels={partial}"]
+    )
+
+
+@pytest.fixture
+def session(checkpoint: Path, manifests: tuple[Path, Path], tmp_path: Path) -> ReviewSession:
+    return open_review(checkpoint, manifests[1], tmp_path / "out" / "reviewed.csv")
+
+
+def rows(path: Path) -> list[list[str]]:
+    with path.open(newline="") as handle:
+        return list(csv.reader(handle))
+
+
+def log_events(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_suggestions_are_the_completion_of_every_unknown_entry(
+    session: ReviewSession, checkpoint: Path, manifests: tuple[Path, Path], tmp_path: Path
+) -> None:
+    filled = complete(checkpoint, manifests[1], tmp_path / "filled.csv", min_confidence=0.5)
+    assert session.evidence == filled.evidence == ["classifier", "IST", "CST"]
+    unknown = filled.partial == 0
+    assert len(session.suggestions) == int(unknown.sum())
+    for s in session.suggestions:
+        assert unknown[s.image, s.label]
+        assert s.value == filled.completed[s.image, s.label]
+        assert s.confidence == pytest.approx(filled.confidence[s.image, s.label])
+        cst = filled.cst_scores[s.image, s.label]  # type: ignore[index]
+        # a class without prototypes has no CST score (-inf): no evidence rather than a number
+        assert (s.cst, s.cst_vote is None) == ((cst, False) if np.isfinite(cst) else (None, True))
+        # IST evidence exists only for images with a known positive, as in complete's rule
+        assert (s.ist is None) == (not (filled.partial[s.image] == 1).any())
+    # Nothing decided yet: the reviewed manifest holds the input's labels and names the same files.
+    given, reviewed = read_csv_manifest(manifests[1]), read_csv_manifest(session.out_csv)
+    assert np.array_equal(reviewed.labels, given.labels) and reviewed.class_names == given.class_names
+    assert [p.resolve() for p in reviewed.image_paths] == [p.resolve() for p in given.image_paths]  # type: ignore[union-attr]
+
+
+def test_order_puts_the_most_doubtful_first_grouped_by_image() -> None:
+    def s(image: int, label: int, confidence: float, value: int = -1) -> Suggestion:
+        return Suggestion(image, label, value, confidence, 0.0, 0.5)
+
+    items = [s(0, 0, 0.99), s(0, 1, 0.6), s(1, 0, 0.55), s(1, 2, 0.9), s(2, 1, 0.6, 1), s(2, 0, 0.97)]
+    # image 1 holds the most doubtful (0.55); images 0 and 2 tie at 0.6 and the suggested positive goes first
+    assert order(items) == [2, 3, 4, 5, 1, 0]
+
+
+def test_decisions_undo_and_the_files_they_write(session: ReviewSession, manifests: tuple[Path, Path]) -> None:
+    before = manifests[1].read_bytes()
+    first, second, third = (session.suggestions[k] for k in session.order[:3])
+    session.decide(first.image, first.label, "accept")
+    session.decide(second.image, second.label, "reject")
+    result = session.decide(third.image, third.label, "unknown")
+    assert result["decided"] == 3 and result["counts"] == {"accept": 1, "reject": 1, "unknown": 1}
+    written = read_csv_manifest(session.out_csv).labels
+    assert written[first.image, first.label] == first.value
+    assert written[second.image, second.label] == -second.value
+    assert written[third.image, third.label] == 0
+    # Only decided entries moved; known labels and the input file are untouched.
+    changed = written != session.partial
+    assert changed.sum() == 2 and np.all(session.partial[changed] == 0)
+    assert manifests[1].read_bytes() == before
+    assert session.undo()["label"] == third.label
+    assert session.undo()["image"] == second.image
+    assert read_csv_manifest(session.out_csv).labels[second.image, second.label] == 0
+    events = [e["event"] for e in log_events(session.log_path)]
+    assert events == ["open", "accept", "reject", "unknown", "undo", "undo"]
+    assert not list(session.out_csv.parent.glob(".*.tmp")), "a temporary file was left behind"
+    with pytest.raises(KeyError):
+        known = np.argwhere(session.partial != 0)[0]
+        session.decide(int(known[0]), int(known[1]), "accept")
+    with pytest.raises(ValueError, match="action"):
+        session.decide(first.image, first.label, "maybe")
+
+
+def test_reopening_resumes_from_the_log(
+    session: ReviewSession, checkpoint: Path, manifests: tuple[Path, Path]
+) -> None:
+    a, b = (session.suggestions[k] for k in session.order[:2])
+    session.decide(a.image, a.label, "reject")
+    session.decide(b.image, b.label, "accept")
+    session.decide(a.image, a.label, "accept")  # changed mind
+    session.undo()  # back to "reject" for a
+    expected = read_csv_manifest(session.out_csv).labels
+    # A crash may cut the last line short; the lines before it stand.
+    with session.log_path.open("a") as handle:
+        handle.write('{"event": "acc')
+    session.out_csv.unlink()  # the log alone is enough to rebuild the manifest
+    again = open_review(checkpoint, manifests[1], session.out_csv)
+    assert again.decisions() == {(a.image, a.label): ("reject", -a.value), (b.image, b.label): ("accept", b.value)}
+    assert np.array_equal(read_csv_manifest(session.out_csv).labels, expected)
+    assert len(again.ignored) == 1 and "not JSON" in again.ignored[0]
+    assert again.undo()["label"] == b.label  # the undo history survives too
+
+
+def test_bad_outputs_are_refused(checkpoint: Path, manifests: tuple[Path, Path], tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="overwrite the input"):
+        open_review(checkpoint, manifests[1], manifests[1])
+    (tmp_path / "other.csv").write_text("image,a\n")
+    with pytest.raises(ConfigError, match="not a review to resume"):
+        open_review(checkpoint, manifests[1], tmp_path / "other.csv")
+    assert (tmp_path / "other.csv").read_text() == "image,a\n"
+    with pytest.raises(ConfigError, match=r"\.csv"):
+        open_review(checkpoint, manifests[1], tmp_path / "out.json")
+
+
+def test_concurrent_decisions_are_all_kept(session: ReviewSession) -> None:
+    chosen = [session.suggestions[k] for k in session.order[:40]]
+    actions = ["accept", "reject", "unknown", "accept"]
+    barrier = threading.Barrier(8)
+
+    def decide(n: int) -> None:
+        if n < 8:
+            barrier.wait()  # the first eight start together
+        s = chosen[n]
+        session.decide(s.image, s.label, actions[n % 4])
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(decide, range(len(chosen))))
+    decided = session.decisions()
+    assert len(decided) == len(chosen)
+    written = read_csv_manifest(session.out_csv).labels
+    for n, s in enumerate(chosen):
+        action, value = decided[(s.image, s.label)]
+        assert action == actions[n % 4] and written[s.image, s.label] == value
+    events = log_events(session.log_path)
+    assert sum(e["event"] in ("accept", "reject", "unknown") for e in events) == len(chosen)
+
+
+def test_app_requires_the_token_and_the_loopback_host(session: ReviewSession) -> None:
+    client = create_app(session, TOKEN).test_client()
+    assert client.get(f"/{TOKEN}/", headers=HOST).status_code == 200
+    state = client.get(f"/{TOKEN}/api/state", headers=HOST)
+    assert state.status_code == 200 and state.json["progress"]["total"] == len(session.suggestions)
+    assert state.headers["Cache-Control"] == "no-store"
+    assert "default-src 'none'" in state.headers["Content-Security-Policy"]
+    for path in ("/", "/api/state", "/static/review.js", "/wrong/api/state", f"/{TOKEN}x/api/state"):
+        assert client.get(path, headers=HOST).status_code == 403, path
+    s = session.suggestions[session.order[0]]
+    body = {"image": s.image, "label": s.label, "action": "accept"}
+    assert client.post("/api/decide", json=body, headers=HOST).status_code == 403
+    assert client.post(f"/{TOKEN}/api/decide", json=body, headers={"Host": "evil.example:5000"}).status_code == 403
+    assert session.decisions() == {}
+    # A form post (what another site could send without a preflight) is not a JSON decision.
+    assert client.post(f"/{TOKEN}/api/decide", data=body, headers=HOST).status_code == 400
+    answer = client.post(f"/{TOKEN}/api/decide", json=body, headers=HOST)
+    assert answer.status_code == 200 and answer.json["decided"] == 1
+    assert client.post(f"/{TOKEN}/api/decide", json={**body, "label": -5}, headers=HOST).status_code == 404
+
+
+def test_image_route_serves_rows_only_no_path_traversal(session: ReviewSession, tmp_path: Path) -> None:
+    client = create_app(session, TOKEN).test_client()
+    image = client.get(f"/{TOKEN}/image/0", headers=HOST)
+    assert image.status_code == 200 and image.data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert image.data == Path(session.image_path(0)).read_bytes()  # type: ignore[arg-type]
+    secret = tmp_path / "secret.txt"
+    secret.write_text("do not serve")
+    attempts = [
+        "image/../../etc/passwd",
+        "image/..%2F..%2Fetc%2Fpasswd",
+        "image/%2e%2e/%2e%2e/etc/passwd",
+        f"image/{secret}",
+        f"image/..%2F..%2F..%2F..%2F..%2F..%2F..%2F..{secret}",
+        "image/-1",
+        f"image/{len(session.cells)}",
+        "static/../session.py",
+        "static/..%2Fsession.py",
+        "static/%2e%2e/app.py",
+        f"static/{secret}",
+    ]
+    for attempt in attempts:
+        answer = client.get(f"/{TOKEN}/{attempt}", headers=HOST, follow_redirects=True)
+        assert answer.status_code in (403, 404), (attempt, answer.status_code)
+        assert b"do not serve" not in answer.data and b"root:" not in answer.data and b"import" not in answer.data
+
+
+def test_reviewed_manifest_trains_as_partial_labels(
+    session: ReviewSession, manifests: tuple[Path, Path], tmp_path: Path
+) -> None:
+    for k in session.order[:6]:
+        s = session.suggestions[k]
+        session.decide(s.image, s.label, "reject" if k % 2 else "accept")
+    # The reviewed manifest lives in another folder: its cells are paths relative to it, not the source's ids.
+    assert rows(session.out_csv)[1][0] != rows(manifests[1])[1][0]
+    labels = manifests[0]
+    config = resolve_config(DataConfig, None, [f"train=csv:{labels}", f"partial_labels={session.out_csv}"])
+    splits = prepare_splits(config)
+    assert splits.source is not None and splits.train_rows is not None
+    reviewed = read_csv_manifest(session.out_csv).labels
+    assert np.array_equal(splits.train.labels, reviewed[splits.train_rows])
+    # The command a person runs next: hst train data.partial_labels=REVIEWED.
+    overrides = [f"data.train=csv:{labels}", f"data.partial_labels={session.out_csv}", "trainer.epochs=1"]
+    assert main(["train", *TINY, f"trainer.output_dir={tmp_path}", "trainer.run_name=r2", *overrides]) == 0
+    assert (tmp_path / "r2" / "checkpoints" / "best.ckpt").is_file()
+
+
+def test_log_path_sits_beside_the_manifest() -> None:
+    assert log_path(Path("a/b/reviewed.csv")) == Path("a/b/reviewed.decisions.jsonl")
+
+
+# ---- the real server (hst review in a subprocess) and a real headless browser --------------------------------
+BROWSER_HINT = "run `.ci/install-test-deps` (it installs Debian's chromium and chromium-driver)"
+
+
+def browser_binaries() -> tuple[str, str]:
+    """(chromium, chromedriver): the review page is tested in a real browser, so their absence is a failure."""
+    browser = next((shutil.which(n) for n in ("chromium", "chromium-browser") if shutil.which(n)), None)
+    driver = shutil.which("chromedriver")
+    if browser is None or driver is None:
+        missing = [name for name, path in (("chromium", browser), ("chromedriver", driver)) if path is None]
+        pytest.fail(f"no {' and no '.join(missing)} found: {BROWSER_HINT}")
+    return browser, driver
+
+
+class Server:
+    """``hst review`` running in its own process, as a person starts it."""
+
+    def __init__(self, checkpoint: Path, partial: Path, out: Path) -> None:
+        command = [sys.executable, "-m", "hst.cli", "review", str(checkpoint), str(partial), "--out", str(out)]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        self.output: list[str] = []
+        lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._read, args=(lines,), daemon=True).start()
+        try:
+            self.url = self._wait_for_url(lines)
+        except BaseException:
+            self.process.kill()  # not yet known to the fixture, which would otherwise leave it running
+            raise
+        parts = urllib.parse.urlsplit(self.url)
+        self.host, self.port, self.token = parts.hostname, parts.port, parts.path.strip("/")
+        assert self.host == "127.0.0.1"
+
+    def _wait_for_url(self, lines: queue.Queue[str | None]) -> str:
+        deadline = time.monotonic() + 240  # the URL comes after the model has run over the images
+        while True:
+            try:
+                line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"hst review printed no URL in 240 s:\n{''.join(self.output)}") from None
+            if line is None:
+                raise AssertionError(f"hst review exited ({self.process.wait()}):\n{''.join(self.output)}")
+            self.output.append(line)
+            if line.startswith("review page: "):
+                return line.split(": ", 1)[1].strip()
+
+    def _read(self, lines: queue.Queue[str | None]) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            lines.put(line)
+        lines.put(None)
+
+    def raw_get(self, path: str) -> tuple[int, bytes]:
+        """GET ``path`` byte for byte as given (no client-side normalisation of ``..``)."""
+        connection = http.client.HTTPConnection(self.host, self.port, timeout=30)  # type: ignore[arg-type]
+        try:
+            connection.putrequest("GET", path, skip_accept_encoding=True)
+            connection.endheaders()
+            response = connection.getresponse()
+            return response.status, response.read()
+        finally:
+            connection.close()
+
+    def kill(self) -> None:
+        self.process.kill()  # no clean shutdown: nothing may depend on one
+        self.process.wait(timeout=30)
+
+
+@pytest.fixture
+def server_factory(checkpoint: Path, manifests: tuple[Path, Path]) -> Iterator[Callable[[Path], Server]]:
+    started: list[Server] = []
+
+    def start(out: Path) -> Server:
+        started.append(Server(checkpoint, manifests[1], out))
+        return started[-1]
+
+    yield start
+    for server in started:
+        if server.process.poll() is None:
+            server.kill()
+
+
+def post_json(url: str, body: dict) -> dict:
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.loads(response.read())
+
+
+def get_json(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=60) as response:
+        return json.loads(response.read())
+
+
+@pytest.mark.slow
+def test_real_server_token_traversal_and_concurrent_decisions(
+    server_factory: Callable[[Path], Server], tmp_path: Path
+) -> None:
+    out = tmp_path / "reviewed.csv"
+    server = server_factory(out)
+    state = get_json(f"{server.url}api/state")
+    # Without the token (or with another one) nothing is served, not even the page or its script.
+    for path in ("/", "/api/state", "/static/review.js", "/image/0", f"/{server.token[:-1]}/api/state"):
+        assert server.raw_get(path)[0] == 403, path
+    status, body = server.raw_get(f"/{server.token}/image/0")
+    assert status == 200 and body.startswith(b"\x89PNG")
+    attempts = ["image/../../../../etc/passwd", "image/..%2f..%2f..%2fetc%2fpasswd", "image/%2e%2e/%2e%2e/etc/passwd",
+                "static/../../../../etc/passwd", "static/..%2f..%2fsession.py"]
+    for attempt in attempts:
+        status, body = server.raw_get(f"/{server.token}/{attempt}")
+        assert status in (403, 404) and b"root:" not in body and b"import" not in body, (attempt, status)
+    # Forty decisions from eight threads at once: every one is in the log and in the manifest.
+    chosen = state["suggestions"][:40]
+    actions = ["accept", "reject", "unknown", "accept"]
+
+    def decide(n: int) -> dict:
+        image, label = chosen[n][0], chosen[n][1]
+        return post_json(f"{server.url}api/decide", {"image": image, "label": label, "action": actions[n % 4]})
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answers = list(pool.map(decide, range(len(chosen))))
+    assert sorted(a["decided"] for a in answers) == list(range(1, len(chosen) + 1))  # serialised, none lost
+    written = read_csv_manifest(out).labels
+    for n, row in enumerate(chosen):
+        expected = {"accept": row[2], "reject": -row[2], "unknown": 0}[actions[n % 4]]
+        assert written[row[0], row[1]] == expected
+    events = log_events(log_path(out))
+    assert [e["event"] for e in events].count("open") == 1 and len(events) == 1 + len(chosen)
+    assert get_json(f"{server.url}api/state")["progress"]["decided"] == len(chosen)
+
+
+def wait_for(driver: object, condition: Callable[[object], object], what: str, timeout: float = 60) -> None:
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, timeout, poll_frequency=0.1).until(condition, message=what)  # type: ignore[arg-type]
+
+
+def body_data(driver: object, name: str) -> str:
+    return str(driver.execute_script(f"return document.body.dataset.{name} || ''"))  # type: ignore[attr-defined]
+
+
+@pytest.mark.slow
+def test_review_page_in_headless_chromium(
+    server_factory: Callable[[Path], Server], manifests: tuple[Path, Path], tmp_path: Path
+) -> None:
+    browser, driver_path = browser_binaries()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+
+    out = tmp_path / "reviewed.csv"
+    server = server_factory(out)
+    state = get_json(f"{server.url}api/state")
+    names, images = state["classes"], state["images"]
+    order_seen = [f"{images[s[0]]}|{names[s[1]]}" for s in state["suggestions"]]
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for argument in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                     "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1280,900",
+                     f"--user-data-dir={tmp_path / 'profile'}"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=driver_path))
+    try:
+        driver.set_page_load_timeout(60)
+
+        def load(url: str) -> None:
+            driver.get(url)
+            wait_for(driver, lambda d: body_data(d, "ready") == "1", "the page did not finish loading")
+
+        def press(keys: str, decided: int) -> None:
+            driver.find_element(By.TAG_NAME, "body").send_keys(keys)
+            wait_for(driver, lambda d: body_data(d, "decided") == str(decided) and not body_data(d, "busy"),
+                     f"no {decided} decisions after pressing {keys!r}")
+
+        load(server.url)
+        assert body_data(driver, "current") == order_seen[0]  # the most doubtful suggestion comes first
+        shortcuts = driver.find_element(By.ID, "keys").text
+        assert "accept" in shortcuts and "reject" in shortcuts and "undo" in shortcuts
+        press("a", 1)
+        assert body_data(driver, "current") == order_seen[1]
+        press("r", 2)
+        press("a", 3)
+        press("z", 2)  # undo the third decision: the cursor goes back to it
+        assert body_data(driver, "current") == order_seen[2]
+        assert "decided 2 / " in driver.find_element(By.ID, "progress").text
+        # Every resource came from the review server itself.
+        sources = driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+        assert sources and all(url.startswith(server.url) for url in sources), sources
+
+        driver.refresh()
+        wait_for(driver, lambda d: body_data(d, "ready") == "1", "the reloaded page did not finish loading")
+        assert body_data(driver, "decided") == "2" and body_data(driver, "current") == order_seen[2]
+
+        # On disk: the manifest and the decision log, with the input untouched.
+        first, second, third = state["suggestions"][:3]
+        written = read_csv_manifest(out).labels
+        assert written[first[0], first[1]] == first[2] and written[second[0], second[1]] == -second[2]
+        assert written[third[0], third[1]] == 0
+        given = read_csv_manifest(manifests[1]).labels
+        changed = written != given
+        assert changed.sum() == 2 and np.all(given[changed] == 0)
+        events = [(e["event"], e.get("image"), e.get("label")) for e in log_events(log_path(out))]
+        assert events[1:] == [
+            ("accept", images[first[0]], names[first[1]]),
+            ("reject", images[second[0]], names[second[1]]),
+            ("accept", images[third[0]], names[third[1]]),
+            ("undo", None, None),
+        ]
+
+        # Killing the server loses nothing: a new one on the same output resumes where the person stopped.
+        server.kill()
+        again = server_factory(out)
+        assert any("2 already decided" in line for line in again.output)
+        load(again.url)
+        assert body_data(driver, "decided") == "2" and body_data(driver, "current") == order_seen[2]
+        press("u", 3)
+        assert read_csv_manifest(out).labels[third[0], third[1]] == 0
+        assert log_events(log_path(out))[-1]["event"] == "unknown"
+    finally:
+        driver.quit()
