@@ -78,7 +78,7 @@ def test_registry_holds_every_method() -> None:
         "hst_no_cst",
         "hst_no_dtl",
         "hst_dtl",
-        "hst_no_pseudo_negatives",
+        "hst_pseudo_negatives",
         "hst_no_classifier_evidence",
         "partial_bce",
         "linear_partial_bce",

@@ -148,7 +148,9 @@ def test_hst_fixes_pseudo_labels_for_the_epoch_and_trains_on_them() -> None:
     features = torch.randn(num, classes, dim, generator=gen) + (full > 0).unsqueeze(2) * centers
     logits = torch.where(full > 0, 2.0, -2.0) + torch.randn(num, classes, generator=gen)
     labels = torch.where(torch.rand(num, classes, generator=gen) < 0.3, full, torch.zeros_like(full))
-    config = MethodConfig(pseudo_label_epoch=1, prototypes_per_class=3, kmeans_iters=5, use_ist=False)
+    config = MethodConfig(
+        pseudo_label_epoch=1, prototypes_per_class=3, kmeans_iters=5, use_ist=False, pseudo_negatives=True
+    )
     method = create("hst", config, classes, dim, num)
     assert method.on_train_epoch_start(0, _source(features, logits, labels, full)) == {}  # before pseudo labels
     logs = method.on_train_epoch_start(1, _source(features, logits, labels, full))

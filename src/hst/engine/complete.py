@@ -38,6 +38,7 @@ from hst.data.base import DataError, MultiLabelData
 from hst.engine.module import PartialLabelModule
 from hst.engine.predict import _csv_text, _write_atomic, resolve_threshold, run_network
 from hst.labels import LABEL_DTYPE, NEGATIVE, POSITIVE, UNKNOWN
+from hst.methods.base import Evidence
 from hst.models.network import NetworkOutput
 
 DEFAULT_LEVELS = (0.5, 0.7, 0.9, 0.95, 0.99)
@@ -257,35 +258,9 @@ def load_partial(
 
 
 # ---- evidence --------------------------------------------------------------------------------------
-@dataclass
-class _Source:
-    name: str
-    threshold: float
-    strict: bool
-    """HST pseudo-labels where ``score > θ`` (clamp(s − θ) > 0); SST where ``score ≥ θ``."""
-
-    def votes(self, scores: np.ndarray) -> np.ndarray:
-        return scores > self.threshold if self.strict else scores >= self.threshold
-
-
-def _sources(module: PartialLabelModule) -> list[_Source]:
-    """The evidence sources the checkpoint's method provides, with the thresholds it learned."""
-    method = module.method
-    missing = set(module.method_keys_missing)
-    sources: list[_Source] = []
-    ist_head = getattr(method, "ist_head", None)
-    if ist_head is not None and not any(key.startswith("ist_head.") for key in missing):
-        learned = getattr(method, "intra_threshold", None)
-        if isinstance(learned, torch.Tensor) and "intra_threshold" not in missing:
-            sources.append(_Source("IST", float(learned.detach()), strict=True))
-        elif method.name == "sst":
-            # SST's fixed schedule ends at its minimum; that is the threshold the final model was trained with.
-            sources.append(_Source("IST", float(method.config.sst_threshold_min), strict=False))
-    learned = getattr(method, "inter_threshold", None)
-    if getattr(method, "prototypes", None) is not None and isinstance(learned, torch.Tensor):
-        if "inter_threshold" not in missing:
-            sources.append(_Source("CST", float(learned.detach()), strict=True))
-    return sources
+def _sources(module: PartialLabelModule) -> list[Evidence]:
+    """The evidence sources the checkpoint's method provides, with the thresholds it was trained with."""
+    return module.method.evidence(set(module.method_keys_missing))
 
 
 # ---- completion ------------------------------------------------------------------------------------
@@ -321,16 +296,10 @@ def complete_module(
     known = torch.from_numpy(partial.astype(np.int64))
 
     def outputs(output: NetworkOutput, rows: list[int]) -> dict[str, torch.Tensor]:
-        from hst.models.cst import inter_scores
-        from hst.models.ist import intra_scores
 
         out = {"probabilities": torch.sigmoid(output.logits.float())}
         for source in sources:
-            if source.name == "IST":
-                pair_logits = module.method.ist_head(output.semantic)  # type: ignore[operator]
-                out["IST"] = intra_scores(pair_logits.float(), known[rows].to(pair_logits.device))
-            else:
-                out["CST"] = inter_scores(output.semantic.float(), module.method.prototypes)  # type: ignore[arg-type]
+            out[source.name] = source.score(output, known[rows])
         return out
 
     rows, collected, skipped = run_network(
@@ -349,9 +318,6 @@ def complete_module(
         scores[source.name] = full
         vote = np.zeros(shape, dtype=bool)
         vote[rows] = source.votes(collected[source.name])
-        if source.name == "IST":
-            # An image without a known positive has no co-occurrence evidence (its IST scores are all 0).
-            vote &= (partial == POSITIVE).any(axis=1, keepdims=True)
         votes.append(vote)
 
     decisions, confidence = combine_confidence(np.nan_to_num(probabilities), thresholds, votes)

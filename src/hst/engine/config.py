@@ -95,16 +95,17 @@ class MethodConfig:
     """Calibrated thresholds: precision of pseudo negatives on the held-out known entries."""
     calibration_min_positives: int = 5
     """A class gets calibrated pseudo positives only with at least this many scored known positives."""
-    pseudo_negatives: bool = True
-    """Calibrated mode: also turn unknown entries with strong negative evidence into negatives."""
+    pseudo_negatives: bool = False
+    """Calibrated mode: also turn unknown entries with strong negative evidence into negatives (off by default: on
+    VOC 2007 they cost mAP although 99% precise; see docs/results.md, row hst_pseudo_negatives)."""
     classifier_evidence: bool = True
     """Calibrated mode: the classifier's own probabilities are a third source of evidence next to IST and CST
     (calibrated on the validation split's known entries, which the classifier never trained on)."""
     pseudo_label_weight: float = 1.0
     """Calibrated mode: loss weight of a pseudo-labelled entry relative to a known one."""
-    unknown_negative_weight: float = 1.0
+    unknown_negative_weight: float = 0.0
     """Calibrated mode, before the first pseudo-label epoch: weight of unknown entries taken as negatives
-    (0 = known labels only)."""
+    (0 = known labels only, the default: assume-negative warm-up memorises the hidden positives)."""
     learn_thresholds: bool = True
     """'learned' mode (DTL): learn the IST and CST thresholds; False keeps them at the initial values."""
     intra_threshold: float = 1.0

@@ -74,7 +74,12 @@ def epoch_line(name: str, epoch: int, epochs: int, metrics: dict[str, Any], seco
     if val_map is not None:
         parts.append(f"val mAP {val_map:.2f}")
     pseudo = []
-    for source, key in (("IST", "method/epoch_intra_pseudo_count"), ("CST", "method/epoch_inter_pseudo_count")):
+    for source, key in (
+        ("positive", "method/pseudo_all_pos_count"),  # calibrated HST
+        ("negative", "method/pseudo_all_neg_count"),
+        ("IST", "method/epoch_intra_pseudo_count"),  # published thresholds, SST
+        ("CST", "method/epoch_inter_pseudo_count"),
+    ):
         value = _value(metrics, key)
         if value is not None:
             pseudo.append(f"{source} {value:.0f}")

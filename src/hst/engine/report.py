@@ -305,7 +305,56 @@ def _ratio(log: _MetricsLog, numerator: str, denominator: str) -> tuple[np.ndarr
     return np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
 
 
+_SOURCE_COLORS = {"classifier": "C0", "ist": "C1", "cst": "C2"}
+_CALIBRATED_SOURCES = (
+    ("all", "used for training"), ("classifier", "classifier"), ("ist", "IST"), ("cst", "CST")
+)
+
+
+def _calibrated_pseudo_figure(log: _MetricsLog, path: Path) -> str:
+    """Calibrated HST: per source and polarity, count / precision / recall against the full training labels."""
+    prefix = "method/pseudo_{}_{}_{}"
+    sources = [(k, label) for k, label in _CALIBRATED_SOURCES if log.has(prefix.format(k, "pos", "count"))]
+    if not sources:
+        return ""
+    figure = _new_figure(12, 6.8)
+    axes = figure.subplots(2, 3)
+    for row, (polarity, noun) in enumerate((("pos", "positives"), ("neg", "negatives"))):
+        for key, label in sources:
+            # one colour per source in every panel, whichever curves a panel has
+            style = {"lw": 2.4, "color": "black"} if key == "all" else {"lw": 1.2, "color": _SOURCE_COLORS[key]}
+            epochs, counts = log.series(prefix.format(key, polarity, "count"))
+            axes[row, 0].plot(epochs, counts, marker="o", label=label, **style)
+            for column, denominator in ((1, "count"), (2, "possible")):
+                xs, ys = _ratio(log, prefix.format(key, polarity, "correct"), prefix.format(key, polarity, denominator))
+                if xs.size:
+                    axes[row, column].plot(xs, ys, marker="o", label=label, **style)
+        titles = (
+            (f"Pseudo {noun} per epoch", "count"),
+            ("Precision (vs full labels)", "%"),
+            (f"Recall of hidden {noun}", "%"),
+        )
+        for column, (title, unit) in enumerate(titles):
+            axis = axes[row, column]
+            axis.set_title(title, fontsize=10)
+            axis.set_xlabel("epoch")
+            axis.set_ylabel(unit)
+            axis.grid(alpha=0.3)
+            if axis.get_legend_handles_labels()[0]:
+                axis.legend(fontsize=7)
+    _save(figure, path)
+    last = [log.series(prefix.format("all", polarity, "count"))[1] for polarity in ("pos", "neg")]
+    counts = " and ".join(f"{int(v[-1])}" for v in last if v.size)
+    return (
+        "Calibrated pseudo labels of each evidence source (what it alone would assign) and of their combination "
+        f"(black: what training used; last epoch: {counts or '—'} positives, negatives), scored against the full "
+        "training labels."
+    )
+
+
 def _pseudo_figure(log: _MetricsLog, path: Path) -> str:
+    if log.has("method/pseudo_all_pos_count"):
+        return _calibrated_pseudo_figure(log, path)
     prefix = "method/epoch_{}_pseudo_{}"
     kinds = [(k, label) for k, label in _PSEUDO_KINDS if log.has(prefix.format(k, "count"))]
     if not kinds:
@@ -463,7 +512,7 @@ def _run_page(run_dir: Path, out_dir: Path) -> _Page:
     )
     add(
         "pseudo_labels",
-        "Pseudo labels (IST / CST)",
+        "Pseudo labels",
         _pseudo_figure(log, out_dir / FIGURE_FILES["pseudo_labels"]) if log else "",
         "no method/epoch_*_pseudo_count in csv/metrics.csv (method without pseudo labels?)" if log else no_csv,
     )

@@ -29,7 +29,7 @@ METHODS: dict[str, MethodFactory] = {
     "hst_no_cst": _variant(HST, use_cst=False),
     # Without DTL the thresholds stay where they start; 1.0 would yield no pseudo labels at all, so the
     # ablation fixes them at SST's final value.
-    "hst_no_pseudo_negatives": _variant(HST, pseudo_negatives=False),
+    "hst_pseudo_negatives": _variant(HST, pseudo_negatives=True),
     "hst_no_classifier_evidence": _variant(HST, classifier_evidence=False),
     # The published method: thresholds learned by DTL from 1.0, positive pseudo labels only.
     "hst_dtl": _variant(HST, thresholds="learned"),

@@ -66,6 +66,26 @@ through its :class:`Collective`.
 """
 
 
+@dataclass
+class Evidence:
+    """One pseudo-label evidence source of a trained method, for ``hst complete`` and ``hst review``.
+
+    ``score(output, known)`` maps a network output and the known labels (B×C, +1/−1/0) to B×C scores (NaN: no
+    evidence); an entry votes "present" when its score passes its class's threshold (``>`` when ``strict``).
+    """
+
+    name: str
+    score: Callable[[NetworkOutput, torch.Tensor], torch.Tensor]
+    thresholds: np.ndarray
+    strict: bool = False
+
+    def votes(self, scores: np.ndarray, classes: np.ndarray | int | None = None) -> np.ndarray:
+        """Votes of ``scores`` (B×C, or entries of ``classes``); NaN never votes."""
+        t = self.thresholds if classes is None else self.thresholds[classes]
+        with np.errstate(invalid="ignore"):
+            return np.asarray(scores > t if self.strict else scores >= t)
+
+
 class Collective:
     """Cross-process operations a method may use; this base class is the single-process case (identities)."""
 
@@ -177,6 +197,13 @@ class Method(nn.Module):
 
     def threshold_parameters(self) -> list[nn.Parameter]:
         """Learnable thresholds (DTL); the engine may give them their own optimizer group."""
+        return []
+
+    def evidence(self, missing: set[str] = frozenset()) -> list[Evidence]:  # type: ignore[assignment]
+        """The evidence sources this trained method can give for unknown labels (besides the classifier).
+
+        ``missing``: parameter names a loaded checkpoint did not provide; sources needing them are left out.
+        """
         return []
 
     def class_prior(self, labels: np.ndarray) -> np.ndarray:

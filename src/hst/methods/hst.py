@@ -32,13 +32,16 @@ from hst.losses import (
     threshold_pseudo_labels,
     weighted_bce,
 )
-from hst.methods.base import FeatureSource, LossOutput, Method, StepContext
+from hst.methods.base import Evidence, FeatureSource, LossOutput, Method, StepContext
 from hst.methods.thresholds import ClassThresholds, calibrate, decide, quality
 from hst.models.cst import Prototypes, inter_scores, prototype_similarity, prototypes_from_lists
 from hst.models.ist import ISTHead, intra_scores, intra_scores_leave_one_out
 from hst.models.network import NetworkOutput
 
 THRESHOLD_MODES = ("calibrated", "learned", "fixed")
+CALIBRATION_KEEP_ELEMENTS = 2**26
+"""Semantic features of the training split up to this many floats (256 MiB) stay in memory between the two
+uses of a calibration pass; larger splits are read twice instead."""
 
 
 def cooccurrence_term(
@@ -129,6 +132,35 @@ class HST(Method):
             out.append(self.inter_threshold)
         return out
 
+    def evidence(self, missing: set[str] = frozenset()) -> list[Evidence]:  # type: ignore[assignment]
+        """IST and CST scores with the thresholds this model was trained with: per class the calibrated ones
+        (``≥``), or the learned / fixed scalars (``>``, as ``clamp(s − θ, 0, 1) > 0``)."""
+        out: list[Evidence] = []
+        num = self.num_classes
+        ist_ok = self.ist_head is not None and not any(key.startswith("ist_head.") for key in missing)
+        cst_ok = self.prototypes is not None
+        if self.calibrated:
+            if ist_ok and "ist" in self.calibration:
+                out.append(Evidence("IST", self._ist_evidence, self.calibration["ist"].positive))
+            if cst_ok and "cst" in self.calibration:
+                out.append(Evidence("CST", self._cst_evidence, self.calibration["cst"].positive))
+            return out
+        if ist_ok and "intra_threshold" not in missing:
+            out.append(Evidence("IST", self._ist_evidence, np.full(num, float(self.intra_threshold)), strict=True))
+        if cst_ok and "inter_threshold" not in missing:
+            out.append(Evidence("CST", self._cst_evidence, np.full(num, float(self.inter_threshold)), strict=True))
+        return out
+
+    def _ist_evidence(self, output: NetworkOutput, known: torch.Tensor) -> torch.Tensor:
+        assert self.ist_head is not None
+        known = known.to(output.semantic.device)
+        # On unknown entries the leave-one-out score equals the published mean; NaN without a known positive.
+        return intra_scores_leave_one_out(self.ist_head(output.semantic).float(), known)
+
+    def _cst_evidence(self, output: NetworkOutput, known: torch.Tensor) -> torch.Tensor:
+        assert self.prototypes is not None
+        return inter_scores(output.semantic.float(), self.prototypes.to(output.semantic.device))
+
     # prototypes ---------------------------------------------------------------------------------------
     def _prototype_epoch(self, epoch: int) -> bool:
         c = self.config
@@ -201,9 +233,32 @@ class HST(Method):
         entries, and fix this epoch's pseudo labels (``self.pseudo_targets``)."""
         c = self.config
         nan = float("nan")
-        folds: tuple[Prototypes, Prototypes] | None = None
+        parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("rows", "labels", "full", "prob", "ist", "semantic")}
+        positives: tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]] = ([], [], [])
+        kept = 0
+        for batch in features("train"):
+            parts["rows"].append(batch.indices.long())
+            parts["labels"].append(batch.labels.to(torch.int8))
+            full = batch.full_labels if batch.full_labels is not None else torch.zeros_like(batch.labels)
+            parts["full"].append(full.to(torch.int8))
+            parts["prob"].append(torch.sigmoid(batch.logits.float()))
+            if self.ist_head is not None:
+                parts["ist"].append(intra_scores_leave_one_out(self.ist_head(batch.semantic), batch.labels).float())
+            else:
+                parts["ist"].append(torch.full(batch.logits.shape, nan, device=batch.logits.device))
+            if c.use_cst:
+                rows, classes = torch.nonzero(batch.labels > 0, as_tuple=True)
+                positives[0].append(batch.semantic[rows, classes].float())
+                positives[1].append(classes)
+                positives[2].append(batch.indices.to(classes.device)[rows])
+                # Small splits keep their features for the CST scores; large ones are read a second time.
+                kept += batch.semantic.numel()
+                if kept <= CALIBRATION_KEEP_ELEMENTS:
+                    parts["semantic"].append(batch.semantic.float())
         if c.use_cst:
-            feats, classes, rows = self._known_positive_features(features)
+            feats = torch.cat(positives[0]) if positives[0] else torch.zeros(0, self.feature_dim)
+            classes = torch.cat(positives[1]) if positives[1] else torch.zeros(0, dtype=torch.long)
+            rows = torch.cat(positives[2]) if positives[2] else torch.zeros(0, dtype=torch.long)
             self.prototypes = self._cluster(feats, classes, rows, seed=epoch)
             # Cross-fitting: each half of the images is scored against prototypes of the other half only.
             half = rows % 2
@@ -211,27 +266,14 @@ class HST(Method):
                 self._cluster(feats[half == 0], classes[half == 0], rows[half == 0], seed=epoch),
                 self._cluster(feats[half == 1], classes[half == 1], rows[half == 1], seed=epoch),
             )
-        parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("rows", "labels", "full", "prob", "ist", "cst")}
-        for batch in features("train"):
-            parts["rows"].append(batch.indices.long())
-            parts["labels"].append(batch.labels.to(torch.int8))
-            full = batch.full_labels if batch.full_labels is not None else torch.zeros_like(batch.labels)
-            parts["full"].append(full.to(torch.int8))
-            parts["prob"].append(torch.sigmoid(batch.logits.float()))
-            size = batch.logits.shape
-            if self.ist_head is not None:
-                parts["ist"].append(intra_scores_leave_one_out(self.ist_head(batch.semantic), batch.labels).float())
+            if kept <= CALIBRATION_KEEP_ELEMENTS:
+                semantic_batches = zip(parts["rows"], parts["semantic"], strict=True)
             else:
-                parts["ist"].append(torch.full(size, nan, device=batch.logits.device))
-            if folds is not None:
-                scored = []
-                for fold in folds:
-                    similarity, available = prototype_similarity(batch.semantic.float(), fold)
-                    scored.append(similarity.masked_fill(~available.to(similarity.device), nan))
-                other = (batch.indices.to(batch.logits.device) % 2 == 0)[:, None]  # row in half 0: use half 1
-                parts["cst"].append(torch.where(other, scored[1], scored[0]))
-            else:
-                parts["cst"].append(torch.full(size, nan, device=batch.logits.device))
+                semantic_batches = ((b.indices.long(), b.semantic.float()) for b in features("train"))
+            parts["cst"] = [self._cross_fitted_cst(rows, semantic, folds) for rows, semantic in semantic_batches]
+        else:
+            parts["cst"] = [torch.full_like(prob, nan) for prob in parts["prob"]]
+        parts.pop("semantic")
         if not parts["rows"]:
             return {}
         cat = {k: torch.cat(v) for k, v in parts.items()}
@@ -272,6 +314,18 @@ class HST(Method):
         if self.prototypes is not None:
             logs["prototype_classes"] = float(self.prototypes.valid.any(dim=1).sum())
         return logs
+
+    @staticmethod
+    def _cross_fitted_cst(
+        rows: torch.Tensor, semantic: torch.Tensor, folds: tuple[Prototypes, Prototypes]
+    ) -> torch.Tensor:
+        """CST scores of images against the prototypes of the other half of the images (NaN: none there)."""
+        scored = []
+        for fold in folds:
+            similarity, available = prototype_similarity(semantic, fold)
+            scored.append(similarity.masked_fill(~available.to(similarity.device), float("nan")))
+        in_first_half = (rows.to(semantic.device) % 2 == 0)[:, None]
+        return torch.where(in_first_half, scored[1], scored[0])
 
     def _classification_loss(
         self, logits: torch.Tensor, labels: torch.Tensor, ctx: StepContext

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
 from hst.engine.config import MethodConfig
 from hst.losses import instance_contrastive_loss, partial_bce
-from hst.methods.base import FeatureSource, LossOutput, Method, StepContext
+from hst.methods.base import Evidence, FeatureSource, LossOutput, Method, StepContext
 from hst.methods.hst import known_and_cooccurrence_loss, pseudo_label_logs
 from hst.models.cst import COSINE_EPS
 from hst.models.ist import ISTHead, intra_scores
@@ -194,6 +195,20 @@ class SST(Method):
         for key, value in self._epoch_counts.items():
             logs[f"epoch_{key}"] = value
         return logs
+
+    def evidence(self, missing: set[str] = frozenset()) -> list[Evidence]:  # type: ignore[assignment]
+        """IST with the final threshold of the fixed schedule (the one the model ended training with)."""
+        if self.ist_head is None or any(key.startswith("ist_head.") for key in missing):
+            return []
+        head = self.ist_head
+
+        def score(output: NetworkOutput, known: torch.Tensor) -> torch.Tensor:
+            known = known.to(output.semantic.device)
+            scores = intra_scores(head(output.semantic).float(), known)
+            # Without a known positive an image has no co-occurrence evidence (its published scores are all 0).
+            return scores.masked_fill(~(known > 0).any(1, keepdim=True), float("nan"))
+
+        return [Evidence("IST", score, np.full(self.num_classes, float(self.config.sst_threshold_min)))]
 
     def extra_state(self) -> dict[str, Any]:
         return {"bank": None if self.bank is None else self.bank.state_dict()}

@@ -347,10 +347,10 @@ def suggestions_from(result: Any, module: Any) -> list[Suggestion]:
         # the same votes complete_module counted
         ist_vote = None
         if ist_score is not None and "IST" in thresholds:
-            ist_vote = bool(thresholds["IST"].votes(np.asarray(ist_score)))
+            ist_vote = bool(thresholds["IST"].votes(np.asarray(ist_score), int(c)))
         cst_vote = None
         if cst_score is not None and "CST" in thresholds:
-            cst_vote = bool(thresholds["CST"].votes(np.asarray(cst_score)))
+            cst_vote = bool(thresholds["CST"].votes(np.asarray(cst_score), int(c)))
         out.append(
             Suggestion(
                 image=int(i),
