@@ -1,0 +1,76 @@
+"""Pseudo-label quality of the runs of a benchmark folder, as a markdown table.
+
+For each method and known proportion, over the seeds of ``results.csv`` (the runs it reports): the pseudo
+positives used for training at the run's best epoch (count, precision, recall of the hidden positives) and the
+negatives the calibrated sources would assign (the classifier's: count, precision), read from each run's
+``csv/metrics.csv`` (``method/pseudo_*`` keys, logged against the full training labels).
+
+    python benchmarks/pseudo_label_quality.py bench/voc2007 --methods hst
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from pathlib import Path
+
+import numpy as np
+
+
+def best_epoch(run: Path) -> int | None:
+    """The epoch of the run's best validation mAP (the checkpoint it tested)."""
+    rows = list(csv.DictReader((run / "csv" / "metrics.csv").open()))
+    scored = [(float(r["val/mAP"]), int(r["epoch"])) for r in rows if r.get("val/mAP")]
+    return max(scored, key=lambda t: (t[0], -t[1]))[1] if scored else None
+
+
+def quality(run: Path) -> dict[str, float] | None:
+    """The ``method/pseudo_*`` values of the best epoch (or the last pseudo-label epoch before it)."""
+    rows = list(csv.DictReader((run / "csv" / "metrics.csv").open()))
+    epoch = best_epoch(run)
+    logged = [
+        r for r in rows if r.get("method/pseudo_all_pos_count") and epoch is not None and int(r["epoch"]) <= epoch
+    ]
+    if not logged:
+        return None
+    row = logged[-1]
+    return {k.removeprefix("method/"): float(v) for k, v in row.items() if k.startswith("method/pseudo_") and v}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folder")
+    parser.add_argument("--methods", default="hst")
+    args = parser.parse_args()
+    folder = Path(args.folder)
+    rows = list(csv.DictReader((folder / "results.csv").open()))
+    print("| method | known | pseudo positives | precision % | recall of hidden positives % | classifier negatives "
+          "| their precision % | runs |")
+    print("|---|---|---|---|---|---|---|---|")
+    for method in args.methods.split(","):
+        for proportion in sorted({float(r["proportion"]) for r in rows if r["method"] == method}):
+            values = [
+                q
+                for r in rows
+                if r["method"] == method and float(r["proportion"]) == proportion
+                for q in [quality(folder / r["run_dir"])]
+                if q is not None
+            ]
+            if not values:
+                print(f"| {method} | {proportion:.0%} | no pseudo-label epoch before the best one | | | | | 0 |")
+                continue
+
+            def mean(key: str, scale: float = 1.0, values: list[dict[str, float]] = values) -> str:
+                found = [v[key] * scale for v in values if key in v]
+                return f"{np.mean(found):.1f}" if found else "—"
+
+            print(
+                f"| {method} | {proportion:.0%} | {mean('pseudo_all_pos_count')} "
+                f"| {mean('pseudo_all_pos_precision', 100)} "
+                f"| {mean('pseudo_all_pos_recall', 100)} | {mean('pseudo_classifier_neg_count')} "
+                f"| {mean('pseudo_classifier_neg_precision', 100)} | {len(values)} |"
+            )
+
+
+if __name__ == "__main__":
+    main()
