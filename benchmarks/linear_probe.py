@@ -18,9 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hst.config import resolve_config
+from hst.config import TrainConfig, resolve_config
 from hst.engine.cache import extract_for_config
-from hst.engine.config import TrainConfig
 from hst.engine.data import prepare_splits
 from hst.metrics import evaluate
 

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from hst.engine.config import MethodConfig, ModelConfig
+from hst.config import MethodConfig, ModelConfig
 from hst.methods import Method, StepContext, create
 from hst.models.ist import ISTHead, pair_index
 from hst.models.network import PartialLabelNetwork, build_network

@@ -18,13 +18,12 @@ import torch
 from PIL import Image
 
 from hst.cli import main
-from hst.config import ConfigError, resolve_config
+from hst.config import ConfigError, DataConfig, TrainConfig, resolve_config
 from hst.data.base import DataError, MultiLabelData, decode_image, image_problem
 from hst.data.partial import make_partial
 from hst.data.readers import read_csv_manifest, read_jsonl_manifest, read_vg, read_voc, read_yolo, write_csv_manifest
 from hst.data.spec import load_dataset
 from hst.data.synthetic import make_synthetic
-from hst.engine.config import DataConfig, TrainConfig
 from hst.engine.data import (
     SKIP_HINT,
     ImageLabelDataset,

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from hst.config import ConfigError
+from hst.config import ConfigError, TrainConfig
 from hst.engine.benchmark import BenchmarkOptions, read_results, run_benchmark
-from hst.engine.config import TrainConfig
 
 
 @dataclass

@@ -278,9 +278,8 @@ def test_full_dataset_without_rows_and_pickling(cache: FeatureCache, data: Multi
 
 def test_extract_features_command_fills_the_cache_a_frozen_run_reads(tmp_path: Path) -> None:
     from hst.cli import main
-    from hst.config import resolve_config
+    from hst.config import TrainConfig, resolve_config
     from hst.engine.cache import extract_for_config
-    from hst.engine.config import TrainConfig
 
     overrides = [
         "data.train=synthetic:40", "data.image_size=64", "model.trainable=none",

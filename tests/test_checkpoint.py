@@ -10,8 +10,7 @@ import pytest
 import torch
 
 import hst
-from hst.config import ConfigError, config_to_dict, resolve_config
-from hst.engine.config import TrainConfig
+from hst.config import ConfigError, TrainConfig, config_to_dict, resolve_config
 from hst.engine.data import ImageLabelDataset, PartialLabelDataModule, build_transform, prepare_splits
 from hst.engine.module import PartialLabelModule
 from hst.engine.predict import resolve_threshold

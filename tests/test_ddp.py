@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hst.config import resolve_config
-from hst.engine.config import TrainConfig
+from hst.config import TrainConfig, resolve_config
 from hst.engine.data import PartialLabelDataModule, prepare_splits
 from hst.engine.module import PartialLabelModule
 from hst.engine.train import _precision, _trainer, load_module, train
@@ -52,7 +51,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from hst.config import resolve_config
-from hst.engine.config import TrainConfig
+from hst.config import TrainConfig
 from hst.engine.train import train
 
 out = Path(sys.argv[2])

@@ -16,9 +16,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from hst.config import ConfigError, resolve_config, save_config
+from hst.config import ConfigError, DataConfig, TrainConfig, resolve_config, save_config
 from hst.engine.benchmark import FAILURES_FILE, FIELDS, BenchmarkError, BenchmarkOptions, read_results, run_benchmark
-from hst.engine.config import DataConfig, TrainConfig
 from hst.engine.data import PartialLabelDataModule, last_batch_size, prepare_splits
 from hst.engine.train import resume_training
 from hst.engine.workers import KILL_CELL_ENV

@@ -13,7 +13,7 @@ from torch import nn
 
 import hst.methods.hst as hst_module
 import hst.methods.sst as sst_module
-from hst.engine.config import MethodConfig
+from hst.config import MethodConfig
 from hst.losses import partial_bce
 from hst.methods import METHODS, Method, StepContext, available, create
 from hst.methods.base import FeatureBatch
@@ -341,8 +341,7 @@ def test_partial_bce_ignores_unknown_entries() -> None:
 
 
 def test_linear_baseline_preset_switches_the_head() -> None:
-    from hst.config import resolve_config
-    from hst.engine.config import TrainConfig
+    from hst.config import TrainConfig, resolve_config
     from hst.methods import apply_model_preset
 
     config = resolve_config(TrainConfig, None, ["method.name=linear_assume_negative"])

@@ -12,12 +12,11 @@ import pytest
 import torch
 
 from hst.cli import main
-from hst.config import ConfigError, resolve_config
+from hst.config import ConfigError, TrainConfig, resolve_config
 from hst.data.base import DataError, MultiLabelData
 from hst.data.readers import write_csv_manifest
 from hst.data.synthetic import make_synthetic
 from hst.engine import export as export_mod
-from hst.engine.config import TrainConfig
 from hst.engine.data import build_transform
 from hst.engine.export import ParityError, export_module, sidecar_path
 from hst.engine.module import PartialLabelModule

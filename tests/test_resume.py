@@ -18,8 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from hst.config import resolve_config
-from hst.engine.config import MethodConfig, TrainConfig
+from hst.config import MethodConfig, TrainConfig, resolve_config
 from hst.engine.module import plain
 from hst.engine.train import (
     KILL_AT_STEP_ENV,
@@ -166,7 +165,7 @@ def _config(output_dir: Path, name: str) -> TrainConfig:
 KILLED_SCRIPT = """
 import json, sys
 from hst.config import resolve_config
-from hst.engine.config import TrainConfig
+from hst.config import TrainConfig
 from hst.engine.train import train
 train(resolve_config(TrainConfig, None, json.loads(sys.argv[1])))
 """

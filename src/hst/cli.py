@@ -127,7 +127,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from hst.engine.config import TrainConfig
+    from hst.config import TrainConfig
     from hst.engine.train import resume_training, train
 
     if args.resume:
@@ -203,8 +203,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
 
 def cmd_extract_features(args: argparse.Namespace) -> int:
+    from hst.config import TrainConfig
     from hst.engine.cache import extract_for_config
-    from hst.engine.config import TrainConfig
 
     config = resolve_config(TrainConfig, args.config, args.overrides)
     for cache in extract_for_config(config, progress=True):

@@ -18,8 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from hst.config import ConfigError, resolve_config
-from hst.engine.config import TrainConfig
+from hst.config import ConfigError, TrainConfig, resolve_config
 from hst.io import atomic_path, atomic_write, folder_lock, write_text_atomic
 
 if TYPE_CHECKING:

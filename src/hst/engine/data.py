@@ -17,11 +17,11 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 from torchvision.transforms import v2
 
+from hst.config import DataConfig
 from hst.data.base import DEFAULT_MAX_IMAGE_PIXELS, DataError, MultiLabelData, image_problem
 from hst.data.partial import make_partial, partial_stats
 from hst.data.spec import load_dataset
 from hst.engine.cache import CachedFeatureDataset, FeatureCache
-from hst.engine.config import DataConfig
 from hst.labels import UNKNOWN
 
 UNREADABLE_POLICIES = ("error", "skip")

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from hst.engine.config import TrainConfig
+from hst.config import TrainConfig
 from hst.methods import StepContext, create
 from hst.methods.base import FeatureBatch, TorchDistributed
 from hst.metrics import evaluate

@@ -35,9 +35,8 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.utils.data import DataLoader
 
-from hst.config import ConfigError, config_to_dict, resolve_config, save_config
+from hst.config import ConfigError, TrainConfig, config_to_dict, resolve_config, save_config
 from hst.engine.cache import FeatureCache, extract_split_features
-from hst.engine.config import TrainConfig
 from hst.engine.data import PartialLabelDataModule, Splits, describe_splits, prepare_splits
 from hst.engine.epoch_log import EpochLine, silence_tips
 from hst.engine.module import DEFAULT_THRESHOLD, PartialLabelModule, plain

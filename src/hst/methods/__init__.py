@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
-from hst.engine.config import MethodConfig, TrainConfig
+from hst.config import MethodConfig, TrainConfig
 from hst.methods.base import AssumeNegative, LossOutput, Method, PartialBCE, StepContext
 from hst.methods.hst import HST
 from hst.methods.llr import LargeLossRejection

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hst.engine.config import MethodConfig
+from hst.config import MethodConfig
 from hst.losses import (
     instance_contrastive_loss,
     intra_cooccurrence_loss,

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from hst.engine.config import MethodConfig
+from hst.config import MethodConfig
 from hst.losses import instance_contrastive_loss, partial_bce
 from hst.methods.base import Evidence, FeatureSource, LossOutput, Method, StepContext
 from hst.methods.hst import known_and_cooccurrence_loss, pseudo_label_logs

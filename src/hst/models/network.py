@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hst.engine.config import ModelConfig
+from hst.config import ModelConfig
 from hst.models.backbone import Backbone, FeatureReducer, create_backbone
 from hst.models.embeddings import load_label_embeddings
 from hst.models.sarl import SARL, cooccurrence_adjacency
