@@ -15,14 +15,8 @@ from torch.utils.data import DataLoader
 
 from hst.data.base import MultiLabelData
 from hst.data.spec import load_dataset
-from hst.engine.cache import (
-    CachedFeatureDataset,
-    FeatureCache,
-    FeatureCacheError,
-    extract_features,
-    feature_cache_key,
-)
-from hst.engine.data import build_transform
+from hst.data.transforms import build_transform
+from hst.feature_cache import CachedFeatureDataset, FeatureCache, FeatureCacheError, extract_features, feature_cache_key
 from hst.models.backbone import Backbone, create_backbone
 
 SIZE = 64
@@ -279,7 +273,7 @@ def test_full_dataset_without_rows_and_pickling(cache: FeatureCache, data: Multi
 def test_extract_features_command_fills_the_cache_a_frozen_run_reads(tmp_path: Path) -> None:
     from hst.cli import main
     from hst.config import TrainConfig, resolve_config
-    from hst.engine.cache import extract_for_config
+    from hst.feature_cache import extract_for_config
 
     overrides = [
         "data.train=synthetic:40", "data.image_size=64", "model.trainable=none",

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from hst.engine.module import load_module
 from hst.engine.predict import predict
-from hst.engine.train import load_module
 
 DATA = Path(__file__).parent / "data"
 

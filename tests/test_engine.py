@@ -13,7 +13,7 @@ import yaml
 
 from hst.config import TrainConfig, resolve_config
 from hst.data.spec import load_dataset
-from hst.engine.data import prepare_splits
+from hst.data.splits import prepare_splits
 from hst.engine.module import PartialLabelModule
 from hst.engine.train import evaluate_checkpoint, train
 from hst.metrics import chance_map

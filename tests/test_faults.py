@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 
 from hst.config import ConfigError, DataConfig, TrainConfig, resolve_config, save_config
+from hst.data.splits import prepare_splits
 from hst.engine.benchmark import FAILURES_FILE, FIELDS, BenchmarkError, BenchmarkOptions, read_results, run_benchmark
-from hst.engine.data import PartialLabelDataModule, last_batch_size, prepare_splits
+from hst.engine.datamodule import PartialLabelDataModule, last_batch_size
 from hst.engine.train import resume_training
 from hst.engine.workers import KILL_CELL_ENV
 from hst.io import OWNER_NAME, FolderBusyError, WriteError, atomic_write, folder_lock, write_text_atomic
@@ -51,7 +52,7 @@ import numpy as np
 
 if kind == "checkpoint":
     import torch
-    from hst.engine.train import AtomicCheckpointIO
+    from hst.checkpoint import AtomicCheckpointIO
     payload = {"state_dict": {"w": torch.zeros(1 << 18)}, "epoch": 2}
     write = lambda: AtomicCheckpointIO().save_checkpoint(payload, folder / "checkpoints" / "last.ckpt")
 elif kind == "results":
@@ -74,8 +75,8 @@ elif kind == "manifest":
                           image_paths=[folder / f"img{i}.jpg" for i in range(n)], source="big")
     write = lambda: write_csv_manifest(data, folder / "completed.csv")
 elif kind == "metrics":
-    from hst.engine.train import _write_json
-    write = lambda: _write_json(folder / "metrics.json", {"test": {f"AP_{i}": 0.5 for i in range(20000)}})
+    from hst.engine.decision_thresholds import write_json
+    write = lambda: write_json(folder / "metrics.json", {"test": {f"AP_{i}": 0.5 for i in range(20000)}})
 
 # A process over its file-size limit gets SIGXFSZ (which kills it); ignored, the write fails with EFBIG.
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
@@ -94,7 +95,7 @@ def _previous_files(kind: str, folder: Path) -> Path:
     if kind == "checkpoint":
         import torch
 
-        from hst.engine.train import AtomicCheckpointIO
+        from hst.checkpoint import AtomicCheckpointIO
 
         io = AtomicCheckpointIO()
         io.save_checkpoint({"state_dict": {"w": torch.ones(4)}, "epoch": 0}, folder / "checkpoints" / "last.ckpt")

@@ -16,9 +16,9 @@ from hst.config import DataConfig
 from hst.data.base import IMAGE_DECODING, DataError, ImageTooLargeError, MultiLabelData, decode_image, image_problem
 from hst.data.readers import write_csv_manifest
 from hst.data.spec import load_dataset
-from hst.engine.cache import _EvalImages, feature_cache_fields
-from hst.engine.data import prepare_splits
+from hst.data.splits import prepare_splits
 from hst.engine.predict import _PredictDataset, resolve_inputs
+from hst.feature_cache import _EvalImages, feature_cache_fields
 
 ORIENTATION = 0x0112
 

@@ -18,20 +18,10 @@ import numpy as np
 import pytest
 import torch
 
+from hst.checkpoint import LAST_CHECKPOINT, PREVIOUS_CHECKPOINT, AtomicCheckpointIO, plain, resume_checkpoint
 from hst.config import MethodConfig, TrainConfig, resolve_config
-from hst.engine.module import plain
-from hst.engine.train import (
-    KILL_AT_STEP_ENV,
-    LAST_CHECKPOINT,
-    PREVIOUS_CHECKPOINT,
-    AtomicCheckpointIO,
-    RunResult,
-    _rng_state,
-    _set_rng_state,
-    resume_checkpoint,
-    resume_training,
-    train,
-)
+from hst.engine.resume import rng_state, set_rng_state
+from hst.engine.train import KILL_AT_STEP_ENV, RunResult, resume_training, train
 from hst.methods import create
 from hst.methods.base import StepContext
 from hst.models.network import NetworkOutput
@@ -115,12 +105,12 @@ def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path: Path)
     random.seed(5)
     np.random.standard_normal()  # leaves a cached Gaussian in numpy's legacy state
     path = tmp_path / "rng.pt"
-    torch.save(plain(_rng_state()), path)
+    torch.save(plain(rng_state()), path)
     expected = (torch.rand(4), np.random.standard_normal(3), random.random())
     torch.manual_seed(0)
     np.random.seed(0)
     random.seed(0)
-    _set_rng_state(torch.load(path, weights_only=True))
+    set_rng_state(torch.load(path, weights_only=True))
     again = (torch.rand(4), np.random.standard_normal(3), random.random())
     assert torch.equal(expected[0], again[0])
     assert np.array_equal(expected[1], again[1])

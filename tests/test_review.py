@@ -25,8 +25,8 @@ import pytest
 from hst.cli import main
 from hst.config import ConfigError, DataConfig, resolve_config
 from hst.data.readers import read_csv_manifest
+from hst.data.splits import prepare_splits
 from hst.engine.complete import complete
-from hst.engine.data import prepare_splits
 from hst.review.app import create_app
 from hst.review.session import ReviewSession, Suggestion, log_path, open_review, order
 

@@ -204,7 +204,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
 def cmd_extract_features(args: argparse.Namespace) -> int:
     from hst.config import TrainConfig
-    from hst.engine.cache import extract_for_config
+    from hst.feature_cache import extract_for_config
 
     config = resolve_config(TrainConfig, args.config, args.overrides)
     for cache in extract_for_config(config, progress=True):

@@ -176,7 +176,7 @@ def _worker_cell(plan: CellPlan) -> dict[str, str]:
 
 def _prepare_caches(plans: Sequence[CellPlan], log: Callable[[str], None]) -> None:
     """Extract frozen-backbone features once, before parallel workers would race to write them."""
-    from hst.engine.cache import extract_for_config
+    from hst.feature_cache import extract_for_config
 
     seen: set[str] = set()
     for plan in plans:

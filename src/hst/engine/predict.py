@@ -9,24 +9,25 @@ A label is predicted when its probability reaches the threshold: one number for 
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from hst.config import ConfigError
 from hst.data.base import DataError, MultiLabelData
+from hst.data.datasets import InferenceImages
 from hst.engine.module import DEFAULT_THRESHOLD, PartialLabelModule
 from hst.io import write_text_atomic
 from hst.models.network import NetworkOutput
+from hst.progress import progress_bar
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 ON_ERROR_CHOICES = ("error", "skip")
@@ -208,24 +209,6 @@ def resolve_inputs(inputs: PredictInput, class_names: list[str]) -> MultiLabelDa
     raise FileNotFoundError(f"input not found: {text} (expected an image file, a folder or a data spec)")
 
 
-class _PredictDataset(Dataset):
-    """Yields (row, image tensor or None, error message) so one bad file does not stop a worker."""
-
-    def __init__(self, data: MultiLabelData, transform: object) -> None:
-        self.data = data
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str]:
-        try:
-            image = self.data.load_image(index)
-        except DataError as error:
-            return index, None, str(error)
-        return index, self.transform(image), ""  # type: ignore[operator]
-
-
 def _collate(items: list[tuple[int, torch.Tensor | None, str]]) -> list[tuple[int, torch.Tensor | None, str]]:
     return items
 
@@ -234,22 +217,6 @@ def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-@contextlib.contextmanager
-def _progress(total: int, enabled: bool) -> Iterator[Callable[[int], None]]:
-    """A rich progress bar on a terminal; yields an ``advance(n)`` callable."""
-    if not enabled:
-        yield lambda n: None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    columns = (TextColumn("predicting"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    # On stderr, so the table and redirected stdout stay clean.
-    with Progress(*columns, transient=True, console=Console(stderr=True)) as progress:
-        task = progress.add_task("predict", total=total)
-        yield lambda n: progress.advance(task, n)
 
 
 def resolve_threshold(threshold: float | str, module: PartialLabelModule) -> tuple[float, np.ndarray | None]:
@@ -292,7 +259,7 @@ def run_network(
 
     Returns (rows that were read, concatenated outputs in that row order, skipped (image, reason)).
     """
-    from hst.engine.data import build_transform
+    from hst.data.transforms import build_transform
 
     if on_error not in ON_ERROR_CHOICES:
         raise ConfigError(f"on_error must be one of {', '.join(ON_ERROR_CHOICES)}, got {on_error!r}")
@@ -303,7 +270,7 @@ def run_network(
     transform = build_transform(size, "none", network.backbone.mean, network.backbone.std)
     loader = DataLoader(
         # The limit the model was trained under (the default for older checkpoints) guards what it predicts on.
-        _PredictDataset(data.with_max_pixels(module.config.data.max_image_pixels), transform),
+        InferenceImages(data.with_max_pixels(module.config.data.max_image_pixels), transform, catch_errors=True),
         batch_size=batch_size, num_workers=num_workers, collate_fn=_collate
     )
     target = _device(device)
@@ -316,7 +283,7 @@ def run_network(
     show = sys.stderr.isatty() if progress is None else progress
     try:
         with torch.inference_mode():
-            with _progress(len(data), show) as advance:
+            with progress_bar(len(data), show, "predicting", transient=True, plain_lines=False) as advance:
                 for batch in loader:
                     good = []
                     for index, tensor, message in batch:
@@ -394,7 +361,7 @@ def predict(
     the predicted labels; ``on_error='skip'`` leaves unreadable images out and lists them in
     ``Predictions.skipped``. ``device='auto'`` picks CUDA when present.
     """
-    from hst.engine.train import load_module
+    from hst.engine.module import load_module
 
     module, _ = load_module(Path(checkpoint))
     return predict_module(

@@ -394,7 +394,7 @@ def open_review(
 ) -> ReviewSession:
     """Run ``checkpoint`` over the images of ``partial_csv`` and open (or resume) the review writing ``out_csv``."""
     from hst.engine.complete import complete_module
-    from hst.engine.train import load_module
+    from hst.engine.module import load_module
 
     given = Path(partial_csv.removeprefix("csv:") if isinstance(partial_csv, str) else partial_csv)
     out = Path(out_csv)

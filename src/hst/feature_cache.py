@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +20,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from hst.data.base import IMAGE_DECODING, MultiLabelData
+from hst.data.datasets import InferenceImages
+from hst.data.splits import prepare_splits
+from hst.data.transforms import build_transform
 from hst.io import atomic_path, atomic_write, write_text_atomic
 from hst.models.backbone import Backbone
+from hst.progress import progress_bar
 
 CACHE_FORMAT = 1
 KEY_LENGTH = 16
@@ -242,48 +244,6 @@ class FeatureCache:
         return cache
 
 
-class _EvalImages(Dataset):
-    """Images of ``data`` through the eval transform (picklable for DataLoader workers)."""
-
-    def __init__(self, data: MultiLabelData, transform: Any) -> None:
-        self.data = data
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def __getitem__(self, index: int) -> torch.Tensor:
-        return self.transform(self.data.load_image(index))
-
-
-@contextmanager
-def _progress_bar(total: int, enabled: bool, description: str) -> Iterator[Any]:
-    """Yields ``advance(n)``; a rich bar on a terminal, a line every ~10% otherwise, nothing if disabled."""
-    if not enabled:
-        yield lambda n: None
-        return
-    if sys.stderr.isatty():
-        from rich.progress import Progress
-
-        with Progress(transient=False) as progress:
-            task = progress.add_task(description, total=total)
-            yield lambda n: progress.advance(task, n)
-        return
-    done = 0
-    next_report = 0
-    start = time.perf_counter()
-
-    def advance(n: int) -> None:
-        nonlocal done, next_report
-        done += n
-        if done >= next_report or done == total:
-            elapsed = time.perf_counter() - start
-            print(f"{description}: {done}/{total} images, {elapsed:.1f} s", file=sys.stderr, flush=True)
-            next_report = done + max(1, total // 10)
-
-    yield advance
-
-
 def extract_features(
     backbone: Backbone,
     data: MultiLabelData,
@@ -302,7 +262,6 @@ def extract_features(
     that :meth:`FeatureCache.open` accepts.
     """
     # imported here: the data module imports this module to serve cached features
-    from hst.engine.data import build_transform
 
     cache_dir = Path(cache_dir)
     fields = feature_cache_fields(data, backbone, image_size)
@@ -317,7 +276,7 @@ def extract_features(
     npy_path, meta_path = _paths(cache_dir, key)
     transform = build_transform(image_size, "none", backbone.mean, backbone.std)
     loader = DataLoader(
-        _EvalImages(data, transform),
+        InferenceImages(data, transform),
         batch_size=batch_size,
         shuffle=False,
         num_workers=num_workers,
@@ -330,8 +289,8 @@ def extract_features(
         backbone.eval()
         row = 0
         with atomic_path(npy_path) as tmp_npy:
-            with torch.inference_mode(), _progress_bar(len(data), progress, f"features {key}") as advance:
-                for images in loader:
+            with torch.inference_mode(), progress_bar(len(data), progress, f"features {key}") as advance:
+                for _, images, _ in loader:
                     images = images.to(device, non_blocking=True)
                     if channels_last:
                         images = images.contiguous(memory_format=torch.channels_last)
@@ -450,7 +409,6 @@ def extract_for_config(config: Any, progress: bool = True) -> list[FeatureCache]
     Returns the distinct caches (training source, and the test source when it is a separate dataset);
     already cached data is not recomputed.
     """
-    from hst.engine.data import prepare_splits
     from hst.models.backbone import create_backbone
 
     splits = prepare_splits(config.data)
