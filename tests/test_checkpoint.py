@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import hst
+from hst.apps.inference import resolve_threshold
 from hst.checkpoint import read_checkpoint
 from hst.config import ConfigError, TrainConfig, config_to_dict, resolve_config
 from hst.data.datasets import ImageLabelDataset
@@ -18,7 +19,6 @@ from hst.data.transforms import build_transform
 from hst.engine.datamodule import PartialLabelDataModule
 from hst.engine.decision_thresholds import tune_thresholds
 from hst.engine.module import PartialLabelModule, load_module
-from hst.engine.predict import resolve_threshold
 from hst.engine.train import train
 from hst.engine.trainer import build_trainer
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from hst.apps.predict import predict
 from hst.engine.module import load_module
-from hst.engine.predict import predict
 
 DATA = Path(__file__).parent / "data"
 

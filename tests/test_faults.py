@@ -16,12 +16,13 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from hst.apps.benchmark import FAILURES_FILE, BenchmarkError, BenchmarkOptions, run_benchmark
+from hst.apps.benchmark_workers import KILL_CELL_ENV
+from hst.apps.results import FIELDS, read_results
 from hst.config import ConfigError, DataConfig, TrainConfig, resolve_config, save_config
 from hst.data.splits import prepare_splits
-from hst.engine.benchmark import FAILURES_FILE, FIELDS, BenchmarkError, BenchmarkOptions, read_results, run_benchmark
 from hst.engine.datamodule import PartialLabelDataModule, last_batch_size
 from hst.engine.train import resume_training
-from hst.engine.workers import KILL_CELL_ENV
 from hst.io import OWNER_NAME, FolderBusyError, WriteError, atomic_write, folder_lock, write_text_atomic
 
 try:
@@ -57,7 +58,7 @@ if kind == "checkpoint":
     write = lambda: AtomicCheckpointIO().save_checkpoint(payload, folder / "checkpoints" / "last.ckpt")
 elif kind == "results":
     from dataclasses import dataclass, field
-    from hst.engine.benchmark import BenchmarkOptions, run_benchmark
+    from hst.apps.benchmark import BenchmarkOptions, run_benchmark
 
     @dataclass
     class Result:
@@ -309,7 +310,7 @@ def test_killed_benchmark_worker_costs_only_its_cell(tmp_path: Path, monkeypatch
 
 def test_killed_worker_is_recorded_and_the_others_finish() -> None:
     """The process pool itself, without training: one job dies by SIGKILL, one raises, two finish."""
-    from hst.engine.workers import run_cells
+    from hst.apps.benchmark_workers import run_cells
 
     done: dict[str, dict[str, str]] = {}
     failed: dict[str, str] = {}

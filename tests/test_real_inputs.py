@@ -12,12 +12,12 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
+from hst.apps.inference import _PredictDataset, resolve_inputs
 from hst.config import DataConfig
 from hst.data.base import IMAGE_DECODING, DataError, ImageTooLargeError, MultiLabelData, decode_image, image_problem
 from hst.data.readers import write_csv_manifest
 from hst.data.spec import load_dataset
 from hst.data.splits import prepare_splits
-from hst.engine.predict import _PredictDataset, resolve_inputs
 from hst.feature_cache import _EvalImages, feature_cache_fields
 
 ORIENTATION = 0x0112

@@ -14,10 +14,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from hst.apps.benchmark import BenchmarkError
 from hst.config import ConfigError, resolve_config
 from hst.data.base import DataError
 from hst.data.spec import DATA_SPEC_HELP
-from hst.engine.benchmark import BenchmarkError
 from hst.io import FolderBusyError, WriteError
 
 EPILOG_OVERRIDES = "Options can also be given as dotted key=value overrides after the positional arguments."
@@ -149,7 +149,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from hst.engine.train import evaluate_checkpoint
+    from hst.apps.evaluate import evaluate_checkpoint
 
     metrics = evaluate_checkpoint(Path(args.checkpoint), args.data)
     if args.json:
@@ -170,7 +170,7 @@ def _csv_list(text: str, kind: type) -> list:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
-    from hst.engine.benchmark import BenchmarkOptions, run_benchmark
+    from hst.apps.benchmark import BenchmarkOptions, run_benchmark
 
     options = BenchmarkOptions(config=args.config, out=args.out, overrides=list(args.overrides))
     if args.methods:
@@ -180,7 +180,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     if args.seeds:
         options.seeds = _csv_list(args.seeds, int)
     if args.tune:
-        from hst.engine.benchmark import parse_tune
+        from hst.apps.benchmark import parse_tune
 
         options.tune = parse_tune(args.tune)
         if "all" in options.tune:
@@ -203,18 +203,16 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
 
 def cmd_extract_features(args: argparse.Namespace) -> int:
+    from hst.apps.extract_features import extract_features
     from hst.config import TrainConfig
-    from hst.feature_cache import extract_for_config
 
     config = resolve_config(TrainConfig, args.config, args.overrides)
-    for cache in extract_for_config(config, progress=True):
-        shape = "×".join(str(n) for n in cache.shape)
-        print(f"{cache.key}: {len(cache)} images, features {shape} (float16) in {config.data.cache_dir}")
+    _print(extract_features(config, progress=True))
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from hst.engine.report import build_report
+    from hst.apps.report import build_report
 
     page = build_report(Path(args.run_dir), Path(args.out) if args.out else None)
     print(f"wrote {page}")
@@ -222,7 +220,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from hst.engine.predict import predict
+    from hst.apps.predict import predict
 
     out = Path(args.out) if args.out else None
     if out is not None and out.suffix.lower() not in {".csv", ".json"}:
@@ -257,7 +255,7 @@ def _threshold_help() -> str:
 
 
 def cmd_complete(args: argparse.Namespace) -> int:
-    from hst.engine.complete import complete
+    from hst.apps.complete import complete
 
     result = complete(
         Path(args.checkpoint),
@@ -282,7 +280,7 @@ def cmd_review(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from hst.engine.export import ParityError, export_checkpoint
+    from hst.apps.export import ParityError, export_checkpoint
 
     try:
         result = export_checkpoint(

@@ -37,7 +37,7 @@ class FeatureCacheError(RuntimeError):
 
 
 def transform_description(image_size: int, mean: Sequence[float], std: Sequence[float]) -> str:
-    """The eval transform of ``hst.engine.data.build_transform(image_size, 'none', mean, std)`` as text."""
+    """The eval transform of ``hst.data.transforms.build_transform(image_size, 'none', mean, std)`` as text."""
     mean_text = ",".join(f"{float(v):g}" for v in mean)
     std_text = ",".join(f"{float(v):g}" for v in std)
     return f"resize{int(image_size)}-bicubic-antialias-mean{mean_text}-std{std_text}"

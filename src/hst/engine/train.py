@@ -22,13 +22,12 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-from torch.utils.data import DataLoader
 
 from hst.checkpoint import LAST_CHECKPOINT
 from hst.config import ConfigError, TrainConfig, resolve_config, save_config
 from hst.data.splits import Splits, describe_splits, prepare_splits
 from hst.engine.decision_thresholds import tune_checkpoints, write_json
-from hst.engine.module import PartialLabelModule, load_module
+from hst.engine.module import PartialLabelModule
 from hst.engine.resume import ResumableData, ResumeState, prepare_resume, restore_csv
 from hst.engine.trainer import (
     RUN_DIR_ENV,
@@ -232,27 +231,4 @@ def _train_in(
     return RunResult(run_dir, best, test_metrics, val_metrics, summary, rank=trainer.global_rank)
 
 
-def evaluate_checkpoint(checkpoint_path: Path, data_spec: str, batch_size: int = 64) -> dict[str, Any]:
-    """Score a dataset with a trained checkpoint and return the metrics dict."""
-
-    from hst.data.datasets import ImageLabelDataset
-    from hst.data.spec import load_dataset
-    from hst.data.transforms import build_transform
-    from hst.metrics import evaluate
-
-    module, config = load_module(checkpoint_path)
-    data = load_dataset(data_spec).with_max_pixels(config.data.max_image_pixels)
-    if data.class_names != module.class_names:
-        raise ValueError(f"{data_spec}: classes differ from the checkpoint's {len(module.class_names)} classes")
-    backbone = module.network.backbone
-    transform = build_transform(config.data.image_size, "none", backbone.mean, backbone.std)
-    loader = DataLoader(ImageLabelDataset(data, data.labels, data.labels, transform), batch_size=batch_size)
-    scores = []
-    with torch.no_grad():
-        for _, images, _, _ in loader:
-            scores.append(module(images))
-    result = evaluate(torch.cat(scores).numpy(), data.labels, data.class_names)
-    return result.to_dict()
-
-
-__all__ = ["KILL_AT_STEP_ENV", "RunResult", "evaluate_checkpoint", "resume_training", "train"]
+__all__ = ["KILL_AT_STEP_ENV", "RunResult", "resume_training", "train"]
