@@ -22,7 +22,7 @@ import torch
 from hst.config import MethodConfig
 from hst.losses import instance_contrastive_loss, partial_bce
 from hst.methods.base import Evidence, FeatureSource, LossOutput, Method, StepContext
-from hst.methods.hst import known_and_cooccurrence_loss, pseudo_label_logs
+from hst.methods.semantic_transfer import known_and_cooccurrence_loss, pseudo_label_logs
 from hst.models.cst import COSINE_EPS
 from hst.models.ist import ISTHead, intra_scores
 from hst.models.network import NetworkOutput
