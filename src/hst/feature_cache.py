@@ -131,7 +131,6 @@ class FeatureCache:
         self.meta = meta
         self._features: np.ndarray | None = None
         self._pooled: torch.Tensor | None = None
-        self._row_of: dict[str, int] | None = None
 
     @property
     def key(self) -> str:
@@ -209,18 +208,6 @@ class FeatureCache:
                 pass  # a read-only or full cache folder: keep the pooled copy in memory only
         self._pooled = torch.from_numpy(array)
         return self._pooled
-
-    def rows_for(self, image_ids: Sequence[str]) -> np.ndarray:
-        """Cache rows of ``image_ids`` (e.g. the images of a split carved from the cached source)."""
-        if self._row_of is None:
-            self._row_of = {image_id: row for row, image_id in enumerate(self.meta["image_ids"])}
-        missing = [image_id for image_id in image_ids if image_id not in self._row_of]
-        if missing:
-            raise FeatureCacheError(
-                f"{self.path}: {len(missing)} image ids are not in the cache (e.g. {missing[:3]}); "
-                f"it holds {self.meta.get('source')!r}"
-            )
-        return np.asarray([self._row_of[image_id] for image_id in image_ids], dtype=np.int64)
 
     @classmethod
     def open(cls, cache_dir: Path, key: str) -> FeatureCache | None:
@@ -341,7 +328,7 @@ class CachedFeatureDataset(Dataset):
     """Yields (index, features float32 F×h×w, training labels, evaluation labels) from a feature cache.
 
     Item ``i`` reads cache row ``rows[i]`` (default: row ``i``) and label row ``i``, so a split of the
-    cached source passes its own label matrices and its rows in the cache (see :meth:`FeatureCache.rows_for`).
+    cached source passes its own label matrices and its rows in the cache.
     """
 
     def __init__(

@@ -15,7 +15,7 @@ from hst.config import DataConfig
 from hst.data.base import DEFAULT_MAX_IMAGE_PIXELS, DataError, MultiLabelData, image_problem
 from hst.data.partial import make_partial, partial_stats
 from hst.data.spec import load_dataset
-from hst.labels import UNKNOWN
+from hst.labels import known_fraction
 
 UNREADABLE_POLICIES = ("error", "skip")
 SKIP_HINT = "set data.unreadable_images=skip to leave unreadable images out"
@@ -200,7 +200,7 @@ def describe_splits(splits: Splits) -> list[str]:
         f"train {len(splits.train)} / val {len(splits.val)} / test {len(splits.test)} images, "
         f"{splits.train.num_classes} classes",
         *[f"train labels: {line}" for line in stats.lines()[1:]],
-        f"val labels known fraction: {float((splits.val.labels != UNKNOWN).mean()):.4f}",
+        f"val labels known fraction: {known_fraction(splits.val.labels):.4f}",
     ]
     return lines + splits.notes
 

@@ -23,6 +23,13 @@ DEFAULT_THRESHOLD = 0.5
 
 
 class PartialLabelModule(L.LightningModule):
+    """A network and a method trained together: the method turns the network's output and the partial labels into
+    the loss (:class:`~hst.methods.base.Method`); validation and test are scored with :func:`hst.metrics.evaluate`.
+
+    The ``hst_*`` checkpoint entries make a saved file self-contained; :meth:`from_checkpoint` rebuilds a module
+    from one for inference.
+    """
+
     def __init__(
         self,
         config: TrainConfig,

@@ -120,6 +120,9 @@ class FeatureBank:
 
 
 class SST(Method):
+    """Semantic-Specific Transfer (the predecessor of HST): IST and memory-bank CST pseudo labels under a fixed,
+    decaying threshold schedule; the IST head is its only learned part besides the network."""
+
     name = "sst"
     needs_semantic = True
 
