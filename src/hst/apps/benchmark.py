@@ -73,6 +73,49 @@ def parse_tune(text: str) -> dict[str, list[list[str]]]:
     return grids
 
 
+def _text_list(text: str, kind: type) -> list:
+    try:
+        return [kind(item) for item in text.split(",") if item.strip()]
+    except ValueError as error:
+        raise ConfigError(f"cannot parse list {text!r}: {error}") from error
+
+
+def options_from_text(
+    config: str | None,
+    out: str,
+    overrides: list[str],
+    methods: str | None = None,
+    proportions: str | None = None,
+    seeds: str | None = None,
+    tune: str | None = None,
+    tune_seeds: str | None = None,
+    workers: int = 1,
+) -> BenchmarkOptions:
+    """Options from the command line's comma-separated lists and ``--tune`` grid (None: the default)."""
+    from hst.methods import available
+
+    options = BenchmarkOptions(config=config, out=out, overrides=overrides)
+    if methods:
+        options.methods = _text_list(methods, str)
+    if proportions:
+        options.proportions = _text_list(proportions, float)
+    if seeds:
+        options.seeds = _text_list(seeds, int)
+    if tune:
+        options.tune = parse_tune(tune)
+        if "all" in options.tune:
+            # One grid for every benchmarked method (a method given its own grid keeps that one).
+            shared = options.tune.pop("all")
+            options.tune = {method: options.tune.get(method, shared) for method in options.methods}
+    if tune_seeds:
+        options.tune_seeds = _text_list(tune_seeds, int)
+    options.workers = workers
+    unknown = [m for m in options.methods if m not in available()]
+    if unknown:
+        raise ConfigError(f"unknown method(s) {unknown}; available: {', '.join(available())}")
+    return options
+
+
 def _cell_key(method: str, proportion: float, seed: int) -> tuple[str, str, int]:
     return method, f"{proportion:.4g}", int(seed)
 

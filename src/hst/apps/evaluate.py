@@ -1,7 +1,9 @@
-"""``hst evaluate``: the metrics of a trained checkpoint on a labelled dataset."""
+"""``hst evaluate`` and ``hst metrics``: the metrics of a trained checkpoint on a labelled dataset, or of a score
+file against a label file."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -9,10 +11,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from hst.data.datasets import ImageLabelDataset
+from hst.data.readers import read_csv_manifest
+from hst.data.scores import align_scores, read_scores_csv
 from hst.data.spec import load_dataset
 from hst.data.transforms import build_transform
 from hst.engine.module import PartialLabelModule
-from hst.metrics import evaluate
+from hst.metrics import MultiLabelMetrics, evaluate
 
 
 def evaluate_checkpoint(checkpoint_path: Path, data_spec: str, batch_size: int = 64) -> dict[str, Any]:
@@ -33,4 +37,18 @@ def evaluate_checkpoint(checkpoint_path: Path, data_spec: str, batch_size: int =
     return result.to_dict()
 
 
-__all__ = ["evaluate_checkpoint"]
+def evaluate_score_files(
+    scores_csv: str | Path, labels_csv: str | Path, scores_are_probabilities: bool = False
+) -> tuple[MultiLabelMetrics, list[str]]:
+    """The metrics of a scores CSV (``image,<classes…>``) against a CSV manifest, and the warnings raised on the
+    way (e.g. classes left out of mAP for lack of positives)."""
+    labels = read_csv_manifest(Path(labels_csv))
+    score_ids, score_classes, scores = read_scores_csv(Path(scores_csv))
+    scores = align_scores(score_ids, score_classes, scores, labels.image_ids, labels.class_names, where=str(scores_csv))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = evaluate(scores, labels.labels, labels.class_names, scores_are_probabilities=scores_are_probabilities)
+    return result, [str(warning.message) for warning in caught]
+
+
+__all__ = ["evaluate_checkpoint", "evaluate_score_files"]
