@@ -407,9 +407,7 @@ def complete(
     ``"tuned"`` or a probability. ``evidence=False`` uses the classifier alone. See the module docstring
     for the confidence rule and the output files.
     """
-    from hst.engine.module import load_module
-
-    module, _ = load_module(Path(checkpoint))
+    module = PartialLabelModule.from_checkpoint(Path(checkpoint))
     return complete_module(
         module,
         partial_labels,

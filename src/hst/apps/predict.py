@@ -191,9 +191,7 @@ def predict(
     the predicted labels; ``on_error='skip'`` leaves unreadable images out and lists them in
     ``Predictions.skipped``. ``device='auto'`` picks CUDA when present.
     """
-    from hst.engine.module import load_module
-
-    module, _ = load_module(Path(checkpoint))
+    module = PartialLabelModule.from_checkpoint(Path(checkpoint))
     return predict_module(
         module,
         inputs,

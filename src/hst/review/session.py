@@ -394,14 +394,14 @@ def open_review(
 ) -> ReviewSession:
     """Run ``checkpoint`` over the images of ``partial_csv`` and open (or resume) the review writing ``out_csv``."""
     from hst.apps.complete import complete_module
-    from hst.engine.module import load_module
+    from hst.engine.module import PartialLabelModule
 
     given = Path(partial_csv.removeprefix("csv:") if isinstance(partial_csv, str) else partial_csv)
     out = Path(out_csv)
     if out.suffix.lower() != ".csv":
         raise ConfigError(f"--out must be a .csv file (a CSV manifest), got {out}")
     data = _read_manifest(given)
-    module, _ = load_module(Path(checkpoint))
+    module = PartialLabelModule.from_checkpoint(Path(checkpoint))
     with tempfile.TemporaryDirectory(prefix="hst-review-") as scratch:
         # complete_module writes its own filled manifest; the review keeps only the numbers.
         result = complete_module(
