@@ -88,7 +88,7 @@ def test_resume_checkpoint_skips_a_torn_last_checkpoint(tmp_path: Path, caplog: 
 
     data = (folder / LAST_CHECKPOINT).read_bytes()
     (folder / LAST_CHECKPOINT).write_bytes(data[: len(data) // 2])  # a torn write
-    with caplog.at_level(logging.WARNING, logger="hst.engine.train"):
+    with caplog.at_level(logging.WARNING, logger="hst.checkpoint"):
         assert resume_checkpoint(tmp_path) == folder / PREVIOUS_CHECKPOINT
     assert "cannot resume from" in caplog.text and LAST_CHECKPOINT in caplog.text
 
@@ -234,7 +234,7 @@ def test_torn_last_checkpoint_resumes_from_the_previous_one(
     last = run_dir / "checkpoints" / LAST_CHECKPOINT
     torn = last.read_bytes()[:4096]
     last.write_bytes(torn)
-    with caplog.at_level(logging.WARNING, logger="hst.engine.train"):
+    with caplog.at_level(logging.WARNING, logger="hst.checkpoint"):
         resumed = resume_training(run_dir)
     assert f"cannot resume from {last}" in caplog.text
     # The damaged file is set aside, so that a later save never rotates it into the fallback.
