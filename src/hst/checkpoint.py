@@ -48,13 +48,14 @@ def plain(value: Any, where: str = "checkpoint") -> Any:
     raise TypeError(f"{where}: cannot store {type(value).__name__} in a checkpoint")
 
 
+CHECKPOINT_FOLDER = "checkpoints"
+"""The folder of a run that holds its checkpoints."""
+BEST_CHECKPOINT = "best.ckpt"
+"""The epoch with the best validation mAP."""
 LAST_CHECKPOINT = "last.ckpt"
-
-
+"""The newest end-of-epoch checkpoint (``trainer.save_last``): where a resumed run starts."""
 PREVIOUS_CHECKPOINT = "last.ckpt.prev"
 """The ``last.ckpt`` before the newest one; the fallback when the newest does not load."""
-
-
 DAMAGED_CHECKPOINT = "last.ckpt.damaged"
 """Where a resumed run moves a ``last.ckpt`` that did not load."""
 
@@ -84,7 +85,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 def resume_checkpoint(run_dir: Path | str) -> Path | None:
     """The newest checkpoint of ``run_dir`` that loads: ``last.ckpt``, else ``last.ckpt.prev`` (with a
     warning naming the damaged file), else None (nothing to resume from: the run starts over)."""
-    folder = Path(run_dir) / "checkpoints"
+    folder = Path(run_dir) / CHECKPOINT_FOLDER
     for name in (LAST_CHECKPOINT, PREVIOUS_CHECKPOINT):
         path = folder / name
         if not path.is_file():
@@ -166,6 +167,8 @@ def config_from_dict(values: dict[str, Any]) -> TrainConfig:
 
 
 __all__ = [
+    "BEST_CHECKPOINT",
+    "CHECKPOINT_FOLDER",
     "CHECKPOINT_FORMAT",
     "DAMAGED_CHECKPOINT",
     "LAST_CHECKPOINT",

@@ -23,7 +23,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
-from hst.checkpoint import LAST_CHECKPOINT
+from hst.checkpoint import BEST_CHECKPOINT, CHECKPOINT_FOLDER, LAST_CHECKPOINT
 from hst.config import ConfigError, TrainConfig, resolve_config, save_config
 from hst.data.splits import Splits, describe_splits, prepare_splits
 from hst.engine.decision_thresholds import tune_checkpoints, write_json
@@ -151,8 +151,8 @@ def _train_in(
 
     state = ResumeState()
     checkpoint = ModelCheckpoint(
-        dirpath=str(run_dir / "checkpoints"),
-        filename="best",
+        dirpath=str(run_dir / CHECKPOINT_FOLDER),
+        filename=BEST_CHECKPOINT.removesuffix(".ckpt"),
         monitor="val/mAP",
         mode="max",
         save_top_k=1,
@@ -163,7 +163,7 @@ def _train_in(
     if config.trainer.save_last:
         # Lightning's save_last refreshes last.ckpt only in epochs that improve the best; this one writes every epoch.
         last = ModelCheckpoint(
-            dirpath=str(run_dir / "checkpoints"),
+            dirpath=str(run_dir / CHECKPOINT_FOLDER),
             filename=LAST_CHECKPOINT.removesuffix(".ckpt"),
             save_top_k=1,
             enable_version_counter=False,
