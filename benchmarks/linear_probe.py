@@ -18,10 +18,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hst.config import resolve_config
-from hst.engine.cache import extract_for_config
-from hst.engine.config import TrainConfig
-from hst.engine.data import prepare_splits
+from hst.config import TrainConfig, resolve_config
+from hst.data.splits import prepare_splits
+from hst.feature_cache import extract_for_config
 from hst.metrics import evaluate
 
 GRID = (0.001, 0.01, 0.03, 0.1, 0.3)

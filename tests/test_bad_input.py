@@ -18,22 +18,16 @@ import torch
 from PIL import Image
 
 from hst.cli import main
-from hst.config import ConfigError, resolve_config
+from hst.config import ConfigError, DataConfig, TrainConfig, resolve_config
 from hst.data.base import DataError, MultiLabelData, decode_image, image_problem
+from hst.data.datasets import ImageLabelDataset
 from hst.data.partial import make_partial
 from hst.data.readers import read_csv_manifest, read_jsonl_manifest, read_vg, read_voc, read_yolo, write_csv_manifest
 from hst.data.spec import load_dataset
+from hst.data.splits import SKIP_HINT, describe_splits, find_unreadable, prepare_splits
 from hst.data.synthetic import make_synthetic
-from hst.engine.config import DataConfig, TrainConfig
-from hst.engine.data import (
-    SKIP_HINT,
-    ImageLabelDataset,
-    PartialLabelDataModule,
-    build_transform,
-    describe_splits,
-    find_unreadable,
-    prepare_splits,
-)
+from hst.data.transforms import build_transform
+from hst.engine.datamodule import PartialLabelDataModule
 from hst.labels import UNKNOWN
 
 try:
@@ -572,7 +566,8 @@ def test_class_without_known_positive_trains_hst(tmp_path: Path) -> None:
 def test_nan_loss_stops_training_and_keeps_last_checkpoint(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bad: float
 ) -> None:
-    from hst.engine.train import load_module, train
+    from hst.engine.module import load_module
+    from hst.engine.train import train
     from hst.methods.base import LossOutput, PartialBCE
 
     original = PartialBCE.training_loss

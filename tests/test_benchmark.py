@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from hst.config import ConfigError
-from hst.engine.benchmark import BenchmarkOptions, read_results, run_benchmark
-from hst.engine.config import TrainConfig
+from hst.apps.benchmark import BenchmarkOptions, run_benchmark
+from hst.apps.results import read_results
+from hst.config import ConfigError, TrainConfig
 
 
 @dataclass

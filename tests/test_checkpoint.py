@@ -10,12 +10,17 @@ import pytest
 import torch
 
 import hst
-from hst.config import ConfigError, config_to_dict, resolve_config
-from hst.engine.config import TrainConfig
-from hst.engine.data import ImageLabelDataset, PartialLabelDataModule, build_transform, prepare_splits
-from hst.engine.module import PartialLabelModule
-from hst.engine.predict import resolve_threshold
-from hst.engine.train import _trainer, load_module, read_checkpoint, train, tune_thresholds
+from hst.apps.inference import resolve_threshold
+from hst.checkpoint import read_checkpoint
+from hst.config import ConfigError, TrainConfig, config_to_dict, resolve_config
+from hst.data.datasets import ImageLabelDataset
+from hst.data.splits import prepare_splits
+from hst.data.transforms import build_transform
+from hst.engine.datamodule import PartialLabelDataModule
+from hst.engine.decision_thresholds import tune_thresholds
+from hst.engine.module import PartialLabelModule, load_module
+from hst.engine.train import train
+from hst.engine.trainer import build_trainer
 
 try:
     from tiny_run import TINY as _TINY
@@ -236,7 +241,7 @@ def test_lightning_resumes_from_last_checkpoint(run: tuple[Path, TrainConfig], t
     module = PartialLabelModule(config, splits.train.class_names, splits.train.labels, len(splits.train))
     backbone = module.network.backbone
     datamodule = PartialLabelDataModule(splits, config.data, backbone.mean, backbone.std)
-    trainer = _trainer(config, tmp_path, [], log=False)
+    trainer = build_trainer(config, tmp_path, [], log=False)
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(last))
     assert saved["epoch"] == 1 and trainer.current_epoch == 3  # one more epoch on top of the two saved
     assert module.decision_thresholds == saved["hst_thresholds"]

@@ -9,12 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from hst.config import ConfigError
-from hst.data.base import MultiLabelData
-from hst.data.partial import make_partial
-from hst.data.readers import write_csv_manifest
-from hst.data.spec import load_dataset
-from hst.engine.complete import (
+from hst.apps.complete import (
     CompletionResult,
     combine_confidence,
     complete,
@@ -22,9 +17,13 @@ from hst.engine.complete import (
     completion_table,
     confidence_path,
 )
-from hst.engine.data import build_transform
-from hst.engine.module import PartialLabelModule
-from hst.engine.train import load_module
+from hst.config import ConfigError
+from hst.data.base import MultiLabelData
+from hst.data.partial import make_partial
+from hst.data.readers import write_csv_manifest
+from hst.data.spec import load_dataset
+from hst.data.transforms import build_transform
+from hst.engine.module import PartialLabelModule, load_module
 from hst.models.cst import inter_scores
 from hst.models.ist import intra_scores
 

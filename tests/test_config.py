@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from hst.config import ConfigError, resolve_config, save_config
-from hst.engine.config import TrainConfig
+from hst.config import ConfigError, TrainConfig, resolve_config, save_config
 
 
 @dataclass

@@ -16,11 +16,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from hst.config import resolve_config
-from hst.engine.config import TrainConfig
-from hst.engine.data import PartialLabelDataModule, prepare_splits
-from hst.engine.module import PartialLabelModule
-from hst.engine.train import _precision, _trainer, load_module, train
+from hst.config import TrainConfig, resolve_config
+from hst.data.splits import prepare_splits
+from hst.engine.datamodule import PartialLabelDataModule
+from hst.engine.module import PartialLabelModule, load_module
+from hst.engine.train import train
+from hst.engine.trainer import build_trainer, precision_setting
 from hst.metrics import evaluate
 
 TINY = [
@@ -52,7 +53,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from hst.config import resolve_config
-from hst.engine.config import TrainConfig
+from hst.config import TrainConfig
 from hst.engine.train import train
 
 out = Path(sys.argv[2])
@@ -156,14 +157,14 @@ def _cpu_config(tmp_path: Path, *extra: str) -> TrainConfig:
 
 def test_mixed_precision_falls_back_to_32_true_on_the_cpu(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     config = _cpu_config(tmp_path, "trainer.precision=bf16-mixed", "trainer.epochs=1")
-    precision, note = _precision(config)
+    precision, note = precision_setting(config)
     assert precision == "32-true" and note is not None and "bf16-mixed" in note and "32-true" in note
-    assert _trainer(config, tmp_path, [], log=False).precision == "32-true"
-    assert _precision(_cpu_config(tmp_path, "trainer.precision=16-mixed"))[0] == "32-true"
-    assert _precision(_cpu_config(tmp_path)) == ("32-true", None)
+    assert build_trainer(config, tmp_path, [], log=False).precision == "32-true"
+    assert precision_setting(_cpu_config(tmp_path, "trainer.precision=16-mixed"))[0] == "32-true"
+    assert precision_setting(_cpu_config(tmp_path)) == ("32-true", None)
     # Asking for a GPU keeps the request (Lightning itself reports a missing GPU).
     on_gpu = _cpu_config(tmp_path, "trainer.precision=bf16-mixed", "trainer.accelerator=gpu")
-    assert _precision(on_gpu) == ("bf16-mixed", None)
+    assert precision_setting(on_gpu) == ("bf16-mixed", None)
 
     with caplog.at_level(logging.WARNING, logger="hst.engine.train"):
         result = train(config)

@@ -11,12 +11,12 @@ import pytest
 import torch
 import yaml
 
-from hst.config import resolve_config
+from hst.apps.evaluate import evaluate_checkpoint
+from hst.config import TrainConfig, resolve_config
 from hst.data.spec import load_dataset
-from hst.engine.config import TrainConfig
-from hst.engine.data import prepare_splits
+from hst.data.splits import prepare_splits
 from hst.engine.module import PartialLabelModule
-from hst.engine.train import evaluate_checkpoint, train
+from hst.engine.train import train
 from hst.metrics import chance_map
 
 try:

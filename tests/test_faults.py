@@ -16,12 +16,13 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from hst.config import ConfigError, resolve_config, save_config
-from hst.engine.benchmark import FAILURES_FILE, FIELDS, BenchmarkError, BenchmarkOptions, read_results, run_benchmark
-from hst.engine.config import DataConfig, TrainConfig
-from hst.engine.data import PartialLabelDataModule, last_batch_size, prepare_splits
+from hst.apps.benchmark import FAILURES_FILE, BenchmarkError, BenchmarkOptions, run_benchmark
+from hst.apps.benchmark_workers import KILL_CELL_ENV
+from hst.apps.results import FIELDS, read_results
+from hst.config import ConfigError, DataConfig, TrainConfig, resolve_config, save_config
+from hst.data.splits import prepare_splits
+from hst.engine.datamodule import PartialLabelDataModule, last_batch_size
 from hst.engine.train import resume_training
-from hst.engine.workers import KILL_CELL_ENV
 from hst.io import OWNER_NAME, FolderBusyError, WriteError, atomic_write, folder_lock, write_text_atomic
 
 try:
@@ -52,12 +53,12 @@ import numpy as np
 
 if kind == "checkpoint":
     import torch
-    from hst.engine.train import AtomicCheckpointIO
+    from hst.checkpoint import AtomicCheckpointIO
     payload = {"state_dict": {"w": torch.zeros(1 << 18)}, "epoch": 2}
     write = lambda: AtomicCheckpointIO().save_checkpoint(payload, folder / "checkpoints" / "last.ckpt")
 elif kind == "results":
     from dataclasses import dataclass, field
-    from hst.engine.benchmark import BenchmarkOptions, run_benchmark
+    from hst.apps.benchmark import BenchmarkOptions, run_benchmark
 
     @dataclass
     class Result:
@@ -75,8 +76,8 @@ elif kind == "manifest":
                           image_paths=[folder / f"img{i}.jpg" for i in range(n)], source="big")
     write = lambda: write_csv_manifest(data, folder / "completed.csv")
 elif kind == "metrics":
-    from hst.engine.train import _write_json
-    write = lambda: _write_json(folder / "metrics.json", {"test": {f"AP_{i}": 0.5 for i in range(20000)}})
+    from hst.engine.decision_thresholds import write_json
+    write = lambda: write_json(folder / "metrics.json", {"test": {f"AP_{i}": 0.5 for i in range(20000)}})
 
 # A process over its file-size limit gets SIGXFSZ (which kills it); ignored, the write fails with EFBIG.
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
@@ -95,7 +96,7 @@ def _previous_files(kind: str, folder: Path) -> Path:
     if kind == "checkpoint":
         import torch
 
-        from hst.engine.train import AtomicCheckpointIO
+        from hst.checkpoint import AtomicCheckpointIO
 
         io = AtomicCheckpointIO()
         io.save_checkpoint({"state_dict": {"w": torch.ones(4)}, "epoch": 0}, folder / "checkpoints" / "last.ckpt")
@@ -309,7 +310,7 @@ def test_killed_benchmark_worker_costs_only_its_cell(tmp_path: Path, monkeypatch
 
 def test_killed_worker_is_recorded_and_the_others_finish() -> None:
     """The process pool itself, without training: one job dies by SIGKILL, one raises, two finish."""
-    from hst.engine.workers import run_cells
+    from hst.apps.benchmark_workers import run_cells
 
     done: dict[str, dict[str, str]] = {}
     failed: dict[str, str] = {}

@@ -12,8 +12,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import hst.methods.hst as hst_module
+import hst.methods.semantic_transfer as shared_module
 import hst.methods.sst as sst_module
-from hst.engine.config import MethodConfig
+from hst.config import MethodConfig
 from hst.losses import partial_bce
 from hst.methods import METHODS, Method, StepContext, available, create
 from hst.methods.base import FeatureBatch
@@ -166,8 +167,8 @@ def test_ist_pseudo_labels_only_fill_unknown_entries_above_threshold(
     )
     method = create(name, config, 4, DIM, 3)
     method.ist_head = _FixedPairs(PAIR_PROBABILITIES)
-    # SST shares HST's known-label and co-occurrence step, so both modules are recorded.
-    calls = _recorder(monkeypatch, hst_module, sst_module)
+    # HST and SST share the known-label and co-occurrence step (semantic_transfer), so all three are recorded.
+    calls = _recorder(monkeypatch, hst_module, sst_module, shared_module)
     output = NetworkOutput(torch.zeros(3, 4, requires_grad=True), torch.zeros(3, 4, DIM))
     method.training_loss(output, IST_LABELS, StepContext(1, 0, 1, torch.arange(3)))
     assert len(calls) == 2 and torch.equal(calls[0], IST_LABELS)
@@ -341,8 +342,7 @@ def test_partial_bce_ignores_unknown_entries() -> None:
 
 
 def test_linear_baseline_preset_switches_the_head() -> None:
-    from hst.config import resolve_config
-    from hst.engine.config import TrainConfig
+    from hst.config import TrainConfig, resolve_config
     from hst.methods import apply_model_preset
 
     config = resolve_config(TrainConfig, None, ["method.name=linear_assume_negative"])

@@ -11,18 +11,18 @@ import numpy as np
 import pytest
 import torch
 
+from hst.apps import export as export_mod
+from hst.apps.export import ParityError, export_module, sidecar_path
+from hst.apps.inference import find_images, resolve_inputs, resolve_threshold
+from hst.apps.predict import Predictions, predict, predict_module
 from hst.cli import main
-from hst.config import ConfigError, resolve_config
+from hst.config import ConfigError, TrainConfig, resolve_config
 from hst.data.base import DataError, MultiLabelData
 from hst.data.readers import write_csv_manifest
 from hst.data.synthetic import make_synthetic
-from hst.engine import export as export_mod
-from hst.engine.config import TrainConfig
-from hst.engine.data import build_transform
-from hst.engine.export import ParityError, export_module, sidecar_path
-from hst.engine.module import PartialLabelModule
-from hst.engine.predict import Predictions, find_images, predict, predict_module, resolve_inputs, resolve_threshold
-from hst.engine.train import load_module, train
+from hst.data.transforms import build_transform
+from hst.engine.module import PartialLabelModule, load_module
+from hst.engine.train import train
 
 try:
     from tiny_run import TINY as _TINY

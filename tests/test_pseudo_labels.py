@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from hst.engine.config import MethodConfig
+from hst.config import MethodConfig
 from hst.methods import create
 from hst.methods.base import FeatureBatch
 from hst.methods.thresholds import (

@@ -12,13 +12,14 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
+from hst.apps.inference import resolve_inputs
+from hst.config import DataConfig
 from hst.data.base import IMAGE_DECODING, DataError, ImageTooLargeError, MultiLabelData, decode_image, image_problem
+from hst.data.datasets import InferenceImages
 from hst.data.readers import write_csv_manifest
 from hst.data.spec import load_dataset
-from hst.engine.cache import _EvalImages, feature_cache_fields
-from hst.engine.config import DataConfig
-from hst.engine.data import prepare_splits
-from hst.engine.predict import _PredictDataset, resolve_inputs
+from hst.data.splits import prepare_splits
+from hst.feature_cache import feature_cache_fields
 
 ORIENTATION = 0x0112
 
@@ -90,12 +91,12 @@ def test_training_cache_and_predict_read_photos_upright(photos: tuple[Path, np.n
     manifest = load_dataset(f"csv:{tmp_path / 'labels.csv'}")
     assert all(torch.equal(to_tensor(manifest.load_image(i)), expected[i]) for i in range(8))
     # the feature cache's extraction dataset
-    cached = _EvalImages(manifest, to_tensor)
-    assert all(torch.equal(cached[i], expected[i]) for i in range(8))
+    cached = InferenceImages(manifest, to_tensor)
+    assert all(torch.equal(cached[i][1], expected[i]) for i in range(8))
     # hst predict / hst complete on a folder
     folder_data = resolve_inputs(folder, ["thing"])
     rows = dict(zip(folder_data.image_ids, range(len(folder_data)), strict=True))
-    dataset = _PredictDataset(folder_data, to_tensor)
+    dataset = InferenceImages(folder_data, to_tensor, catch_errors=True)
     for k in range(1, 9):
         _, tensor, error = dataset[rows[f"o{k}.jpg"]]
         assert error == "" and torch.equal(tensor, expected[k - 1])

@@ -13,9 +13,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from hst.config import resolve_config
-from hst.engine.config import TrainConfig
-from hst.engine.report import FIGURE_FILES, REPORT_FILE, build_report
+from hst.apps.report import FIGURE_FILES, REPORT_FILE, build_report
+from hst.config import TrainConfig, resolve_config
 from hst.engine.train import train
 
 try:

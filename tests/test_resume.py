@@ -18,21 +18,10 @@ import numpy as np
 import pytest
 import torch
 
-from hst.config import resolve_config
-from hst.engine.config import MethodConfig, TrainConfig
-from hst.engine.module import plain
-from hst.engine.train import (
-    KILL_AT_STEP_ENV,
-    LAST_CHECKPOINT,
-    PREVIOUS_CHECKPOINT,
-    AtomicCheckpointIO,
-    RunResult,
-    _rng_state,
-    _set_rng_state,
-    resume_checkpoint,
-    resume_training,
-    train,
-)
+from hst.checkpoint import LAST_CHECKPOINT, PREVIOUS_CHECKPOINT, AtomicCheckpointIO, plain, resume_checkpoint
+from hst.config import MethodConfig, TrainConfig, resolve_config
+from hst.engine.resume import rng_state, set_rng_state
+from hst.engine.train import KILL_AT_STEP_ENV, RunResult, resume_training, train
 from hst.methods import create
 from hst.methods.base import StepContext
 from hst.models.network import NetworkOutput
@@ -99,7 +88,7 @@ def test_resume_checkpoint_skips_a_torn_last_checkpoint(tmp_path: Path, caplog: 
 
     data = (folder / LAST_CHECKPOINT).read_bytes()
     (folder / LAST_CHECKPOINT).write_bytes(data[: len(data) // 2])  # a torn write
-    with caplog.at_level(logging.WARNING, logger="hst.engine.train"):
+    with caplog.at_level(logging.WARNING, logger="hst.checkpoint"):
         assert resume_checkpoint(tmp_path) == folder / PREVIOUS_CHECKPOINT
     assert "cannot resume from" in caplog.text and LAST_CHECKPOINT in caplog.text
 
@@ -116,12 +105,12 @@ def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path: Path)
     random.seed(5)
     np.random.standard_normal()  # leaves a cached Gaussian in numpy's legacy state
     path = tmp_path / "rng.pt"
-    torch.save(plain(_rng_state()), path)
+    torch.save(plain(rng_state()), path)
     expected = (torch.rand(4), np.random.standard_normal(3), random.random())
     torch.manual_seed(0)
     np.random.seed(0)
     random.seed(0)
-    _set_rng_state(torch.load(path, weights_only=True))
+    set_rng_state(torch.load(path, weights_only=True))
     again = (torch.rand(4), np.random.standard_normal(3), random.random())
     assert torch.equal(expected[0], again[0])
     assert np.array_equal(expected[1], again[1])
@@ -166,7 +155,7 @@ def _config(output_dir: Path, name: str) -> TrainConfig:
 KILLED_SCRIPT = """
 import json, sys
 from hst.config import resolve_config
-from hst.engine.config import TrainConfig
+from hst.config import TrainConfig
 from hst.engine.train import train
 train(resolve_config(TrainConfig, None, json.loads(sys.argv[1])))
 """
@@ -245,7 +234,7 @@ def test_torn_last_checkpoint_resumes_from_the_previous_one(
     last = run_dir / "checkpoints" / LAST_CHECKPOINT
     torn = last.read_bytes()[:4096]
     last.write_bytes(torn)
-    with caplog.at_level(logging.WARNING, logger="hst.engine.train"):
+    with caplog.at_level(logging.WARNING, logger="hst.checkpoint"):
         resumed = resume_training(run_dir)
     assert f"cannot resume from {last}" in caplog.text
     # The damaged file is set aside, so that a later save never rotates it into the fallback.

@@ -22,12 +22,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from hst.apps.complete import complete
 from hst.cli import main
-from hst.config import ConfigError, resolve_config
+from hst.config import ConfigError, DataConfig, resolve_config
 from hst.data.readers import read_csv_manifest
-from hst.engine.complete import complete
-from hst.engine.config import DataConfig
-from hst.engine.data import prepare_splits
+from hst.data.splits import prepare_splits
 from hst.review.app import create_app
 from hst.review.session import ReviewSession, Suggestion, log_path, open_review, order
 

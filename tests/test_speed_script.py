@@ -60,7 +60,7 @@ def test_ist_benchmark_extrapolates_oversized_published_runs() -> None:
     assert "EXTRAPOLATED" in rows[1].note and "B=1" in rows[1].note
     # the extrapolated row compares ours at B=4 with the published rows it has (same seeded inputs)
     assert rows[1].output_diff < 1e-5 and rows[1].grad_diff < 1e-5
-    assert speed._linear_at(32, 4, 10.0, 8, 20.0) == pytest.approx(80.0)
+    assert speed.linear_at(32, 4, 10.0, 8, 20.0) == pytest.approx(80.0)
 
 
 def test_measurement_in_a_fresh_process_sees_the_pair_activations() -> None:

@@ -28,8 +28,7 @@ TINY = [
 
 def tiny_checkpoint(out: Path, overrides: Sequence[str] = ()) -> Path:
     """Train the tiny config (plus ``overrides``) into ``out`` and return its best checkpoint."""
-    from hst.config import resolve_config
-    from hst.engine.config import TrainConfig
+    from hst.config import TrainConfig, resolve_config
     from hst.engine.train import train
 
     config = resolve_config(TrainConfig, None, [*TINY, f"trainer.output_dir={out}", "trainer.run_name=t", *overrides])

@@ -9,15 +9,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from hst.apps.benchmark import BenchmarkError
 from hst.config import ConfigError, resolve_config
 from hst.data.base import DataError
 from hst.data.spec import DATA_SPEC_HELP
-from hst.engine.benchmark import BenchmarkError
 from hst.io import FolderBusyError, WriteError
 
 EPILOG_OVERRIDES = "Options can also be given as dotted key=value overrides after the positional arguments."
@@ -62,6 +61,15 @@ def _print(lines: Sequence[str]) -> None:
         print(line)
 
 
+def _print_metrics(metrics: dict, with_rates: bool = False) -> None:
+    print(f"mAP {metrics['mAP']:.2f}  OF1 {metrics['OF1']:.2f}  CF1 {metrics['CF1']:.2f}")
+    if with_rates:
+        print(f"OP {metrics['OP']:.2f}  OR {metrics['OR']:.2f}  CP {metrics['CP']:.2f}  CR {metrics['CR']:.2f}")
+    print("per-class AP:")
+    for name, value in metrics["per_class_AP"].items():
+        print(f"  {name}: {value:.2f}")
+
+
 def cmd_data_stats(args: argparse.Namespace) -> int:
     from hst.data.spec import load_dataset
     from hst.data.stats import dataset_stats
@@ -95,39 +103,24 @@ def cmd_make_partial(args: argparse.Namespace) -> int:
 
 
 def cmd_metrics(args: argparse.Namespace) -> int:
-    from hst.data.readers import read_csv_manifest
-    from hst.data.scores import align_scores, read_scores_csv
-    from hst.metrics import evaluate
+    from hst.apps.evaluate import evaluate_score_files
 
     options = _options(MetricsOptions, args, ["scores", "labels", "json", "scores_are_probabilities"])
     assert isinstance(options, MetricsOptions)
     if not options.scores or not options.labels:
         raise ConfigError("metrics needs --scores S.csv and --labels L.csv")
-    labels = read_csv_manifest(Path(options.labels))
-    score_ids, score_classes, scores = read_scores_csv(Path(options.scores))
-    scores = align_scores(
-        score_ids, score_classes, scores, labels.image_ids, labels.class_names, where=options.scores
-    )
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        result = evaluate(
-            scores, labels.labels, labels.class_names, scores_are_probabilities=options.scores_are_probabilities
-        )
-    for warning in caught:
-        print(f"warning: {warning.message}", file=sys.stderr)
+    result, messages = evaluate_score_files(options.scores, options.labels, options.scores_are_probabilities)
+    for message in messages:
+        print(f"warning: {message}", file=sys.stderr)
     if options.json:
         print(json.dumps(result.to_dict()))
         return 0
-    print(f"mAP {result.mAP:.2f}  OF1 {result.OF1:.2f}  CF1 {result.CF1:.2f}")
-    print(f"OP {result.OP:.2f}  OR {result.OR:.2f}  CP {result.CP:.2f}  CR {result.CR:.2f}")
-    print("per-class AP:")
-    for name, value in result.per_class_AP.items():
-        print(f"  {name}: {value:.2f}")
+    _print_metrics(result.to_dict(), with_rates=True)
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from hst.engine.config import TrainConfig
+    from hst.config import TrainConfig
     from hst.engine.train import resume_training, train
 
     if args.resume:
@@ -149,52 +142,23 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from hst.engine.train import evaluate_checkpoint
+    from hst.apps.evaluate import evaluate_checkpoint
 
     metrics = evaluate_checkpoint(Path(args.checkpoint), args.data)
     if args.json:
         print(json.dumps(metrics))
         return 0
-    print(f"mAP {metrics['mAP']:.2f}  OF1 {metrics['OF1']:.2f}  CF1 {metrics['CF1']:.2f}")
-    print("per-class AP:")
-    for name, value in metrics["per_class_AP"].items():
-        print(f"  {name}: {value:.2f}")
+    _print_metrics(metrics)
     return 0
 
 
-def _csv_list(text: str, kind: type) -> list:
-    try:
-        return [kind(item) for item in text.split(",") if item.strip()]
-    except ValueError as error:
-        raise ConfigError(f"cannot parse list {text!r}: {error}") from error
-
-
 def cmd_benchmark(args: argparse.Namespace) -> int:
-    from hst.engine.benchmark import BenchmarkOptions, run_benchmark
+    from hst.apps.benchmark import options_from_text, run_benchmark
 
-    options = BenchmarkOptions(config=args.config, out=args.out, overrides=list(args.overrides))
-    if args.methods:
-        options.methods = _csv_list(args.methods, str)
-    if args.proportions:
-        options.proportions = _csv_list(args.proportions, float)
-    if args.seeds:
-        options.seeds = _csv_list(args.seeds, int)
-    if args.tune:
-        from hst.engine.benchmark import parse_tune
-
-        options.tune = parse_tune(args.tune)
-        if "all" in options.tune:
-            # One grid for every benchmarked method (a method given its own grid keeps that one).
-            shared = options.tune.pop("all")
-            options.tune = {method: options.tune.get(method, shared) for method in options.methods}
-    if args.tune_seeds:
-        options.tune_seeds = _csv_list(args.tune_seeds, int)
-    options.workers = args.workers
-    from hst.methods import available
-
-    unknown = [m for m in options.methods if m not in available()]
-    if unknown:
-        raise ConfigError(f"unknown method(s) {unknown}; available: {', '.join(available())}")
+    options = options_from_text(
+        args.config, args.out, list(args.overrides), args.methods, args.proportions, args.seeds, args.tune,
+        args.tune_seeds, args.workers,
+    )
     run_benchmark(options)
     out = Path(options.out)
     print((out / "results.md").read_text())
@@ -203,18 +167,16 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
 
 def cmd_extract_features(args: argparse.Namespace) -> int:
-    from hst.engine.cache import extract_for_config
-    from hst.engine.config import TrainConfig
+    from hst.apps.extract_features import extract_features
+    from hst.config import TrainConfig
 
     config = resolve_config(TrainConfig, args.config, args.overrides)
-    for cache in extract_for_config(config, progress=True):
-        shape = "×".join(str(n) for n in cache.shape)
-        print(f"{cache.key}: {len(cache)} images, features {shape} (float16) in {config.data.cache_dir}")
+    _print(extract_features(config, progress=True))
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from hst.engine.report import build_report
+    from hst.apps.report import build_report
 
     page = build_report(Path(args.run_dir), Path(args.out) if args.out else None)
     print(f"wrote {page}")
@@ -222,7 +184,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from hst.engine.predict import predict
+    from hst.apps.predict import predict
 
     out = Path(args.out) if args.out else None
     if out is not None and out.suffix.lower() not in {".csv", ".json"}:
@@ -257,7 +219,7 @@ def _threshold_help() -> str:
 
 
 def cmd_complete(args: argparse.Namespace) -> int:
-    from hst.engine.complete import complete
+    from hst.apps.complete import complete
 
     result = complete(
         Path(args.checkpoint),
@@ -282,7 +244,7 @@ def cmd_review(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from hst.engine.export import ParityError, export_checkpoint
+    from hst.apps.export import ParityError, export_checkpoint
 
     try:
         result = export_checkpoint(
@@ -296,6 +258,14 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 Handler = Callable[[argparse.Namespace], int]
+
+
+def _inference_arguments(sub: argparse.ArgumentParser) -> None:
+    """The options of a pass over images that predict and complete share."""
+    sub.add_argument("--batch-size", dest="batch_size", type=int, default=32, help="images per batch (32)")
+    sub.add_argument("--on-error", dest="on_error", choices=["error", "skip"], default="error",
+                     help="unreadable or missing image: stop (default) or skip it and report")
+    sub.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto (cpu)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -411,12 +381,9 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--all-scores", dest="all_scores", action="store_true",
                       help="CSV: image,<classes…> probabilities of every class (for hst metrics "
                            "--scores-are-probabilities); JSON: add a probabilities object")
-    pred.add_argument("--batch-size", dest="batch_size", type=int, default=32, help="images per batch (32)")
-    pred.add_argument("--on-error", dest="on_error", choices=["error", "skip"], default="error",
-                      help="unreadable or missing image: stop (default) or skip it and report")
+    _inference_arguments(pred)
     pred.add_argument("--image-size", dest="image_size", type=int, default=None,
                       help="resize images to N×N (default: the training size)")
-    pred.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto (cpu)")
     pred.add_argument("--show", type=int, default=20, help="images listed in the printed table (20; -1 = all)")
 
     comp = verb(verbs, "complete",
@@ -437,10 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="auto (default): " + _threshold_help())
     comp.add_argument("--no-evidence", dest="no_evidence", action="store_true",
                       help="use the classifier alone (no IST co-occurrence or CST prototype evidence)")
-    comp.add_argument("--batch-size", dest="batch_size", type=int, default=32, help="images per batch (32)")
-    comp.add_argument("--on-error", dest="on_error", choices=["error", "skip"], default="error",
-                      help="unreadable or missing image: stop (default) or skip it and report")
-    comp.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto (cpu)")
+    _inference_arguments(comp)
 
     from hst.review.cli import add_review_arguments
 

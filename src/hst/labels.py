@@ -51,12 +51,6 @@ def to_pos1_neg0_unk_minus1(labels: np.ndarray) -> np.ndarray:
     return out
 
 
-def targets_and_mask(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Split labels into (targets in {0,1}, known mask in {0,1}) as float32 arrays."""
-    labels = as_label_matrix(labels)
-    return (labels == POSITIVE).astype(np.float32), (labels != UNKNOWN).astype(np.float32)
-
-
 def known_fraction(labels: np.ndarray) -> float:
     """Fraction of entries that are known (positive or negative)."""
     return float((labels != UNKNOWN).mean()) if labels.size else 0.0

@@ -1,4 +1,4 @@
-"""Datasets, the partial-label protocol and dataset statistics."""
+"""Datasets: readers and data specs, the partial-label protocol, splits, transforms, torch datasets, statistics."""
 
 from hst.data.base import DataError, MultiLabelData
 from hst.data.partial import SCHEMES, make_partial, partial_stats

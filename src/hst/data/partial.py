@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hst.labels import LABEL_DTYPE, NEGATIVE, POSITIVE, UNKNOWN, as_label_matrix
+from hst.labels import LABEL_DTYPE, NEGATIVE, POSITIVE, UNKNOWN, as_label_matrix, known_fraction
 
 SCHEMES = ("entry", "image-count", "class", "single-positive")
 
@@ -118,7 +118,7 @@ def partial_stats(partial: np.ndarray, class_names: list[str], full: np.ndarray 
     return PartialStats(
         images=partial.shape[0],
         classes=partial.shape[1],
-        known_fraction=float(known.mean()) if partial.size else 0.0,
+        known_fraction=known_fraction(partial),
         known_positives=int(positive.sum()),
         known_negatives=int((partial == NEGATIVE).sum()),
         positives_total=int((full == POSITIVE).sum()) if full is not None else 0,

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from hst.data.base import MultiLabelData
-from hst.labels import NEGATIVE, POSITIVE, UNKNOWN, cooccurrence_counts
+from hst.labels import NEGATIVE, POSITIVE, UNKNOWN, cooccurrence_counts, known_fraction
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ def dataset_stats(data: MultiLabelData, top: int = 10) -> DatasetStats:
         positives_per_image_mean=float(positives.mean()) if len(data) else 0.0,
         positives_per_image_max=int(positives.max()) if len(data) else 0,
         images_without_positive=int((positives == 0).sum()),
-        known_fraction=float((labels != UNKNOWN).mean()) if labels.size else 0.0,
+        known_fraction=known_fraction(labels),
         negatives=int((labels == NEGATIVE).sum()),
         unknowns=int((labels == UNKNOWN).sum()),
         class_counts={name: int(counts[k, k]) for k, name in enumerate(data.class_names)},

@@ -12,36 +12,24 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from hst.engine.config import TrainConfig
+from hst.checkpoint import CHECKPOINT_FORMAT, config_from_dict, plain, read_checkpoint
+from hst.config import TrainConfig
 from hst.methods import StepContext, create
 from hst.methods.base import FeatureBatch, TorchDistributed
 from hst.metrics import evaluate
 from hst.models.network import NetworkOutput, PartialLabelNetwork, build_network
 
-CHECKPOINT_FORMAT = 2
-"""Version of the ``hst_*`` entries a checkpoint carries (1: config, class names, method state only)."""
 DEFAULT_THRESHOLD = 0.5
 
 
-def plain(value: Any, where: str = "checkpoint") -> Any:
-    """``value`` as types ``torch.load(weights_only=True)`` accepts: tensors, numbers, strings, lists, dicts."""
-    if value is None or isinstance(value, (bool, int, float, str, torch.Tensor)):
-        return value.detach().cpu() if isinstance(value, torch.Tensor) else value
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, dict):
-        return {key: plain(item, f"{where}.{key}") for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(item, f"{where}[{index}]") for index, item in enumerate(value)]
-    # Anything else would make the checkpoint unloadable with weights_only=True; fail at save time instead.
-    raise TypeError(f"{where}: cannot store {type(value).__name__} in a checkpoint")
-
-
 class PartialLabelModule(L.LightningModule):
+    """A network and a method trained together: the method turns the network's output and the partial labels into
+    the loss (:class:`~hst.methods.base.Method`); validation and test are scored with :func:`hst.metrics.evaluate`.
+
+    The ``hst_*`` checkpoint entries make a saved file self-contained; :meth:`from_checkpoint` rebuilds a module
+    from one for inference.
+    """
+
     def __init__(
         self,
         config: TrainConfig,
@@ -316,3 +304,51 @@ class PartialLabelModule(L.LightningModule):
         if saved is not None and len(saved) == len(self.class_names):
             self.decision_thresholds = [float(t) for t in saved]
             self.thresholds_tuned = bool(checkpoint.get("hst_thresholds_tuned", False))
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint_path: Path | str) -> PartialLabelModule:
+        """Rebuild the model of a checkpoint for inference (config and class names travel inside it).
+
+        The network's weights must match its saved config exactly. Method parameters (IST head, learned
+        thresholds) are loaded where names and shapes match; the others keep their initial values and are
+        listed in ``module.method_keys_missing`` (``module.method_keys_ignored``: saved ones not used).
+        """
+        path = Path(checkpoint_path)
+        payload = read_checkpoint(path)
+        config = config_from_dict(payload["hst_config"])
+        class_names = [str(name) for name in payload["hst_class_names"]]
+        state: dict[str, torch.Tensor] = payload["state_dict"]
+        # Weights, embeddings and graph come from the checkpoint; nothing pretrained is read.
+        config.model.weights = "none"
+        embeddings = None
+        if config.model.head == "sarl":
+            if "network.sarl.embeddings" not in state:
+                raise ValueError(f"{path}: SARL checkpoint without the label embeddings 'network.sarl.embeddings'")
+            embeddings = np.zeros(tuple(state["network.sarl.embeddings"].shape), np.float32)
+        # The adjacency is a saved buffer; a placeholder label matrix only sizes it before loading.
+        placeholder = np.zeros((1, len(class_names)), dtype=np.int8)
+        module = cls(config, class_names, placeholder, num_train=1, embeddings=embeddings)
+
+        network_state = {key[len("network.") :]: value for key, value in state.items() if key.startswith("network.")}
+        try:
+            module.network.load_state_dict(network_state)
+        except RuntimeError as error:
+            raise ValueError(f"{path}: the network weights do not fit the checkpoint's own config: {error}") from error
+        saved_method = {key[len("method.") :]: value for key, value in state.items() if key.startswith("method.")}
+        own = module.method.state_dict()
+        usable = {k: v for k, v in saved_method.items() if k in own and tuple(own[k].shape) == tuple(v.shape)}
+        module.method.load_state_dict(usable, strict=False)
+        module.method_keys_missing = sorted(k for k in own if k not in usable)
+        module.method_keys_ignored = sorted(k for k in saved_method if k not in usable)
+        module.on_load_checkpoint(payload)
+        module.checkpoint_info = {
+            key: payload.get(key) for key in ("hst_format", "hst_version", "hst_backbone", "hst_embeddings_source")
+        }
+        module.eval()
+        return module
+
+
+def load_module(checkpoint_path: Path | str) -> tuple[PartialLabelModule, TrainConfig]:
+    """:meth:`PartialLabelModule.from_checkpoint` and the config it was built from."""
+    module = PartialLabelModule.from_checkpoint(checkpoint_path)
+    return module, module.config

@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from hst.engine.config import MethodConfig
+from hst.config import MethodConfig
 from hst.losses import partial_bce
 
 if TYPE_CHECKING:

@@ -22,10 +22,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from hst.engine.config import MethodConfig
+from hst.config import MethodConfig
 from hst.losses import (
     instance_contrastive_loss,
-    intra_cooccurrence_loss,
     partial_bce,
     prototype_loss,
     threshold_loss,
@@ -33,6 +32,7 @@ from hst.losses import (
     weighted_bce,
 )
 from hst.methods.base import Evidence, FeatureSource, LossOutput, Method, StepContext
+from hst.methods.semantic_transfer import cooccurrence_term, known_and_cooccurrence_loss, pseudo_label_logs
 from hst.methods.thresholds import ClassThresholds, calibrate, decide, quality
 from hst.models.cst import Prototypes, inter_scores, prototype_similarity, prototypes_from_lists
 from hst.models.ist import ISTHead, intra_scores, intra_scores_leave_one_out
@@ -42,47 +42,6 @@ THRESHOLD_MODES = ("calibrated", "learned", "fixed")
 CALIBRATION_KEEP_ELEMENTS = 2**26
 """Semantic features of the training split up to this many floats (256 MiB) stay in memory between the two
 uses of a calibration pass; larger splits are read twice instead."""
-
-
-def cooccurrence_term(
-    config: MethodConfig, ist_head: ISTHead | None, semantic: torch.Tensor, labels: torch.Tensor, ramp: float
-) -> tuple[torch.Tensor | None, dict[str, float], torch.Tensor | None]:
-    """The ramped IST co-occurrence loss: (loss or None without an IST head, logs, pair logits or None)."""
-    if ist_head is None:
-        return None, {}, None
-    pair_logits = ist_head(semantic)
-    cooc = intra_cooccurrence_loss(pair_logits, labels, ignore_unknown_pairs=config.ignore_unknown_pairs)
-    return ramp * config.intra_cooccurrence_weight * cooc, {"cooccurrence": float(cooc.detach())}, pair_logits
-
-
-def known_and_cooccurrence_loss(
-    config: MethodConfig,
-    ist_head: ISTHead | None,
-    logits: torch.Tensor,
-    semantic: torch.Tensor,
-    labels: torch.Tensor,
-    ramp: float,
-) -> tuple[torch.Tensor, dict[str, float], torch.Tensor | None]:
-    """The part HST (published thresholds) and SST share: BCE on known labels plus the ramped IST
-    co-occurrence loss. Returns (loss, logs, pair logits or None without an IST head)."""
-    base = partial_bce(logits, labels)
-    term, logs, pair_logits = cooccurrence_term(config, ist_head, semantic, labels, ramp)
-    logs = {"bce": float(base.detach()), **logs}
-    return (base if term is None else base + term), logs, pair_logits
-
-
-def pseudo_label_logs(
-    prefix: str, labels: torch.Tensor, pseudo: torch.Tensor, full_labels: torch.Tensor | None
-) -> dict[str, float]:
-    """Count new pseudo positives and, where ground truth is at hand, how many are right (precision =
-    correct / count) and how many withheld positives there were to find (recall = correct / possible)."""
-    unknown = labels == 0
-    new = unknown & (pseudo > 0)
-    logs = {f"{prefix}_pseudo_count": float(new.sum())}
-    if full_labels is not None:
-        logs[f"{prefix}_pseudo_correct"] = float((new & (full_labels > 0)).sum())
-        logs[f"{prefix}_pseudo_possible"] = float((unknown & (full_labels > 0)).sum())
-    return logs
 
 
 class HST(Method):

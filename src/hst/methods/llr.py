@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hst.engine.config import MethodConfig
+from hst.config import MethodConfig
 from hst.methods.base import FeatureSource, LossOutput, Method, StepContext
 from hst.models.network import NetworkOutput
 

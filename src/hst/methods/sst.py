@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from hst.engine.config import MethodConfig
+from hst.config import MethodConfig
 from hst.losses import instance_contrastive_loss, partial_bce
 from hst.methods.base import Evidence, FeatureSource, LossOutput, Method, StepContext
-from hst.methods.hst import known_and_cooccurrence_loss, pseudo_label_logs
+from hst.methods.semantic_transfer import known_and_cooccurrence_loss, pseudo_label_logs
 from hst.models.cst import COSINE_EPS
 from hst.models.ist import ISTHead, intra_scores
 from hst.models.network import NetworkOutput
@@ -120,6 +120,9 @@ class FeatureBank:
 
 
 class SST(Method):
+    """Semantic-Specific Transfer (the predecessor of HST): IST and memory-bank CST pseudo labels under a fixed,
+    decaying threshold schedule; the IST head is its only learned part besides the network."""
+
     name = "sst"
     needs_semantic = True
 

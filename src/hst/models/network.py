@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hst.engine.config import ModelConfig
+from hst.config import ModelConfig
 from hst.models.backbone import Backbone, FeatureReducer, create_backbone
 from hst.models.embeddings import load_label_embeddings
 from hst.models.sarl import SARL, cooccurrence_adjacency
@@ -47,6 +47,11 @@ def prior_logits(prior: np.ndarray) -> torch.Tensor:
 
 
 class PartialLabelNetwork(nn.Module):
+    """Backbone → optional feature reducer → head (SARL: one semantic vector and one logit per class; linear:
+    global pooling and a linear classifier). :meth:`forward` gives a :class:`NetworkOutput`: the logits and
+    the per-class semantic features the methods transfer between labels (empty for the linear head);
+    :meth:`head` runs the same from a backbone feature map (training from cached features)."""
+
     def __init__(
         self,
         backbone: Backbone,

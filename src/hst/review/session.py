@@ -2,7 +2,7 @@
 
 Suggestions: every unknown entry (image, class) of a readable image, with the checkpoint's decision (±1), its
 confidence and its evidence (classifier probability and threshold, IST and CST scores and votes), computed by
-:func:`hst.engine.complete.complete_module` at ``min_confidence=0.5`` so every unknown entry gets one.
+:func:`hst.apps.complete.complete_module` at ``min_confidence=0.5`` so every unknown entry gets one.
 
 Order (most informative first): an entry's *doubt* is ``1 − confidence`` in [0, 0.5], the chance that the
 suggestion is wrong under the confidence rule. Reviewing an entry the model is sure of mostly confirms what
@@ -331,10 +331,10 @@ class ReviewSession:
 
 # ---- building a session from a checkpoint ------------------------------------------------------------
 def suggestions_from(result: Any, module: Any) -> list[Suggestion]:
-    """Every unknown, read entry of a :class:`~hst.engine.complete.CompletionResult` as a suggestion."""
-    from hst.engine.complete import _sources
+    """Every unknown, read entry of a :class:`~hst.apps.complete.CompletionResult` as a suggestion."""
+    from hst.apps.complete import evidence_sources
 
-    thresholds = {source.name: source for source in _sources(module)}
+    thresholds = {source.name: source for source in evidence_sources(module)}
     partial = result.partial
     has_positive = (partial == POSITIVE).any(axis=1)
     ist, cst = result.ist_scores, result.cst_scores
@@ -393,15 +393,15 @@ def open_review(
     progress: bool | None = None,
 ) -> ReviewSession:
     """Run ``checkpoint`` over the images of ``partial_csv`` and open (or resume) the review writing ``out_csv``."""
-    from hst.engine.complete import complete_module
-    from hst.engine.train import load_module
+    from hst.apps.complete import complete_module
+    from hst.engine.module import PartialLabelModule
 
     given = Path(partial_csv.removeprefix("csv:") if isinstance(partial_csv, str) else partial_csv)
     out = Path(out_csv)
     if out.suffix.lower() != ".csv":
         raise ConfigError(f"--out must be a .csv file (a CSV manifest), got {out}")
     data = _read_manifest(given)
-    module, _ = load_module(Path(checkpoint))
+    module = PartialLabelModule.from_checkpoint(Path(checkpoint))
     with tempfile.TemporaryDirectory(prefix="hst-review-") as scratch:
         # complete_module writes its own filled manifest; the review keeps only the numbers.
         result = complete_module(

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +20,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from hst.data.base import IMAGE_DECODING, MultiLabelData
+from hst.data.datasets import InferenceImages
+from hst.data.splits import prepare_splits
+from hst.data.transforms import build_transform
 from hst.io import atomic_path, atomic_write, write_text_atomic
 from hst.models.backbone import Backbone
+from hst.progress import progress_bar
 
 CACHE_FORMAT = 1
 KEY_LENGTH = 16
@@ -35,7 +37,7 @@ class FeatureCacheError(RuntimeError):
 
 
 def transform_description(image_size: int, mean: Sequence[float], std: Sequence[float]) -> str:
-    """The eval transform of ``hst.engine.data.build_transform(image_size, 'none', mean, std)`` as text."""
+    """The eval transform of ``hst.data.transforms.build_transform(image_size, 'none', mean, std)`` as text."""
     mean_text = ",".join(f"{float(v):g}" for v in mean)
     std_text = ",".join(f"{float(v):g}" for v in std)
     return f"resize{int(image_size)}-bicubic-antialias-mean{mean_text}-std{std_text}"
@@ -129,7 +131,6 @@ class FeatureCache:
         self.meta = meta
         self._features: np.ndarray | None = None
         self._pooled: torch.Tensor | None = None
-        self._row_of: dict[str, int] | None = None
 
     @property
     def key(self) -> str:
@@ -208,18 +209,6 @@ class FeatureCache:
         self._pooled = torch.from_numpy(array)
         return self._pooled
 
-    def rows_for(self, image_ids: Sequence[str]) -> np.ndarray:
-        """Cache rows of ``image_ids`` (e.g. the images of a split carved from the cached source)."""
-        if self._row_of is None:
-            self._row_of = {image_id: row for row, image_id in enumerate(self.meta["image_ids"])}
-        missing = [image_id for image_id in image_ids if image_id not in self._row_of]
-        if missing:
-            raise FeatureCacheError(
-                f"{self.path}: {len(missing)} image ids are not in the cache (e.g. {missing[:3]}); "
-                f"it holds {self.meta.get('source')!r}"
-            )
-        return np.asarray([self._row_of[image_id] for image_id in image_ids], dtype=np.int64)
-
     @classmethod
     def open(cls, cache_dir: Path, key: str) -> FeatureCache | None:
         """The complete cache ``key`` in ``cache_dir``, or ``None`` if missing, torn or inconsistent."""
@@ -242,48 +231,6 @@ class FeatureCache:
         return cache
 
 
-class _EvalImages(Dataset):
-    """Images of ``data`` through the eval transform (picklable for DataLoader workers)."""
-
-    def __init__(self, data: MultiLabelData, transform: Any) -> None:
-        self.data = data
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def __getitem__(self, index: int) -> torch.Tensor:
-        return self.transform(self.data.load_image(index))
-
-
-@contextmanager
-def _progress_bar(total: int, enabled: bool, description: str) -> Iterator[Any]:
-    """Yields ``advance(n)``; a rich bar on a terminal, a line every ~10% otherwise, nothing if disabled."""
-    if not enabled:
-        yield lambda n: None
-        return
-    if sys.stderr.isatty():
-        from rich.progress import Progress
-
-        with Progress(transient=False) as progress:
-            task = progress.add_task(description, total=total)
-            yield lambda n: progress.advance(task, n)
-        return
-    done = 0
-    next_report = 0
-    start = time.perf_counter()
-
-    def advance(n: int) -> None:
-        nonlocal done, next_report
-        done += n
-        if done >= next_report or done == total:
-            elapsed = time.perf_counter() - start
-            print(f"{description}: {done}/{total} images, {elapsed:.1f} s", file=sys.stderr, flush=True)
-            next_report = done + max(1, total // 10)
-
-    yield advance
-
-
 def extract_features(
     backbone: Backbone,
     data: MultiLabelData,
@@ -302,7 +249,6 @@ def extract_features(
     that :meth:`FeatureCache.open` accepts.
     """
     # imported here: the data module imports this module to serve cached features
-    from hst.engine.data import build_transform
 
     cache_dir = Path(cache_dir)
     fields = feature_cache_fields(data, backbone, image_size)
@@ -317,7 +263,7 @@ def extract_features(
     npy_path, meta_path = _paths(cache_dir, key)
     transform = build_transform(image_size, "none", backbone.mean, backbone.std)
     loader = DataLoader(
-        _EvalImages(data, transform),
+        InferenceImages(data, transform),
         batch_size=batch_size,
         shuffle=False,
         num_workers=num_workers,
@@ -330,8 +276,8 @@ def extract_features(
         backbone.eval()
         row = 0
         with atomic_path(npy_path) as tmp_npy:
-            with torch.inference_mode(), _progress_bar(len(data), progress, f"features {key}") as advance:
-                for images in loader:
+            with torch.inference_mode(), progress_bar(len(data), progress, f"features {key}") as advance:
+                for _, images, _ in loader:
                     images = images.to(device, non_blocking=True)
                     if channels_last:
                         images = images.contiguous(memory_format=torch.channels_last)
@@ -382,7 +328,7 @@ class CachedFeatureDataset(Dataset):
     """Yields (index, features float32 F×h×w, training labels, evaluation labels) from a feature cache.
 
     Item ``i`` reads cache row ``rows[i]`` (default: row ``i``) and label row ``i``, so a split of the
-    cached source passes its own label matrices and its rows in the cache (see :meth:`FeatureCache.rows_for`).
+    cached source passes its own label matrices and its rows in the cache.
     """
 
     def __init__(
@@ -450,7 +396,6 @@ def extract_for_config(config: Any, progress: bool = True) -> list[FeatureCache]
     Returns the distinct caches (training source, and the test source when it is a separate dataset);
     already cached data is not recomputed.
     """
-    from hst.engine.data import prepare_splits
     from hst.models.backbone import create_backbone
 
     splits = prepare_splits(config.data)

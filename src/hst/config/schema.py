@@ -185,6 +185,9 @@ class TrainerConfig:
 
 @dataclass
 class TrainConfig:
+    """Everything a run is: data, model, method, optimisation and trainer settings (``hst train`` keys are
+    ``section.field``); saved as ``config.yaml`` in the run folder and as a plain dict in every checkpoint."""
+
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     method: MethodConfig = field(default_factory=MethodConfig)

@@ -33,10 +33,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hst.apps.inference import csv_text, resolve_threshold, run_network
 from hst.config import ConfigError
 from hst.data.base import DataError, MultiLabelData
 from hst.engine.module import PartialLabelModule
-from hst.engine.predict import _csv_text, _write_atomic, resolve_threshold, run_network
+from hst.io import write_text_atomic
 from hst.labels import LABEL_DTYPE, NEGATIVE, POSITIVE, UNKNOWN
 from hst.methods.base import Evidence
 from hst.models.network import NetworkOutput
@@ -200,7 +201,6 @@ def confidence_path(out_csv: Path) -> Path:
     return out_csv.with_name(f"{out_csv.stem}.confidence.csv")
 
 
-# ---- inputs ----------------------------------------------------------------------------------------
 def _is_csv_file(spec: str | Path) -> Path | None:
     text = str(spec)
     if text.startswith("csv:"):
@@ -257,13 +257,11 @@ def load_partial(
     return images, (truth if np.any(truth != UNKNOWN) else None), list(given.image_ids)
 
 
-# ---- evidence --------------------------------------------------------------------------------------
-def _sources(module: PartialLabelModule) -> list[Evidence]:
+def evidence_sources(module: PartialLabelModule) -> list[Evidence]:
     """The evidence sources the checkpoint's method provides, with the thresholds it was trained with."""
     return module.method.evidence(set(module.method_keys_missing))
 
 
-# ---- completion ------------------------------------------------------------------------------------
 def complete_module(
     module: PartialLabelModule,
     partial_labels: str | Path,
@@ -280,7 +278,7 @@ def complete_module(
     num_workers: int = 0,
     progress: bool | None = None,
 ) -> CompletionResult:
-    """Like :func:`complete`, with a module already loaded (see ``hst.engine.train.load_module``)."""
+    """Like :func:`complete`, with a module already loaded (see ``PartialLabelModule.from_checkpoint``)."""
     from hst.data.readers import write_csv_manifest
 
     if not 0.0 <= min_confidence <= 1.0:
@@ -292,7 +290,7 @@ def complete_module(
     if images.class_names != class_names:
         raise DataError(f"{images.source}: classes differ from the checkpoint's {len(class_names)} classes")
     partial = images.labels.copy()
-    sources = _sources(module) if evidence else []
+    sources = evidence_sources(module) if evidence else []
     known = torch.from_numpy(partial.astype(np.int64))
 
     def outputs(output: NetworkOutput, rows: list[int]) -> dict[str, torch.Tensor]:
@@ -346,7 +344,7 @@ def complete_module(
                 *(_cell(scores[name][i, c]) if name in scores else "" for name in ("IST", "CST")),
             ]
         )
-    _write_atomic(side, _csv_text(table))
+    write_text_atomic(side, csv_text(table), newline="")
 
     evaluation = None
     if truth is not None:
@@ -409,9 +407,7 @@ def complete(
     ``"tuned"`` or a probability. ``evidence=False`` uses the classifier alone. See the module docstring
     for the confidence rule and the output files.
     """
-    from hst.engine.train import load_module
-
-    module, _ = load_module(Path(checkpoint))
+    module = PartialLabelModule.from_checkpoint(Path(checkpoint))
     return complete_module(
         module,
         partial_labels,

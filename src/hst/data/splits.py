@@ -1,94 +1,26 @@
-"""Splits, partial labels, transforms and the Lightning data module."""
+"""The splits of a run: training images with their partial labels, validation and test, readable images only."""
 
 from __future__ import annotations
 
 import functools
 import logging
-import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import lightning as L
 import numpy as np
-import torch
-from PIL import Image
-from torch.utils.data import DataLoader, Dataset, RandomSampler
-from torchvision.transforms import v2
 
+from hst.config import DataConfig
 from hst.data.base import DEFAULT_MAX_IMAGE_PIXELS, DataError, MultiLabelData, image_problem
 from hst.data.partial import make_partial, partial_stats
 from hst.data.spec import load_dataset
-from hst.engine.cache import CachedFeatureDataset, FeatureCache
-from hst.engine.config import DataConfig
-from hst.labels import UNKNOWN
+from hst.labels import known_fraction
 
 UNREADABLE_POLICIES = ("error", "skip")
 SKIP_HINT = "set data.unreadable_images=skip to leave unreadable images out"
 _LISTED_SKIPS = 20
 log = logging.getLogger(__name__)
-
-
-def build_transform(image_size: int, augment: str, mean: tuple[float, ...], std: tuple[float, ...]) -> v2.Compose:
-    """Test: resize to a square. Train 'paper': resize to 8/7 of the size, random square crop of
-    {1, 7/8, 6/8, 5/8, 4/8} of that, resize back, flip (hst-reference §2.4, 448 ← 512)."""
-    resize = v2.Resize((image_size, image_size), interpolation=v2.InterpolationMode.BICUBIC, antialias=True)
-    tail = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
-    if augment == "none":
-        return v2.Compose([resize, *tail])
-    if augment == "flip":
-        return v2.Compose([resize, v2.RandomHorizontalFlip(), *tail])
-    if augment == "paper":
-        scale = round(image_size * 8 / 7)
-        crops = [round(scale * f) for f in (1.0, 7 / 8, 6 / 8, 5 / 8, 4 / 8)]
-        return v2.Compose(
-            [
-                v2.Resize((scale, scale), interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
-                v2.RandomChoice([v2.RandomCrop(c) for c in crops]),
-                resize,
-                v2.RandomHorizontalFlip(),
-                *tail,
-            ]
-        )
-    raise ValueError(f"data.augment must be 'paper', 'flip' or 'none', got {augment!r}")
-
-
-def last_batch_size(num_images: int, batch_size: int, world_size: int = 1) -> int:
-    """Images in each process's last training batch: under DDP every rank gets ceil(N / world_size) images (the
-    distributed sampler pads the shares to equal length), so the remainder is that share's, not the whole set's."""
-    share = math.ceil(num_images / max(1, world_size))
-    return share % batch_size or min(share, batch_size)
-
-
-class ImageLabelDataset(Dataset):
-    """Yields (row index, image tensor, training labels, evaluation labels) as in the published code."""
-
-    def __init__(
-        self,
-        data: MultiLabelData,
-        labels: np.ndarray,
-        eval_labels: np.ndarray,
-        transform: v2.Compose,
-        hint: str = "",
-    ):
-        self.data = data
-        self.labels = torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int8))
-        self.eval_labels = torch.from_numpy(np.ascontiguousarray(eval_labels, dtype=np.int8))
-        self.transform = transform
-        self.hint = hint
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def __getitem__(self, index: int) -> tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]:
-        try:
-            image: Image.Image = self.data.load_image(index)
-        except DataError as error:
-            if not self.hint:
-                raise
-            raise DataError(f"{error}; {self.hint}") from error
-        return index, self.transform(image), self.labels[index], self.eval_labels[index]
 
 
 @dataclass
@@ -268,93 +200,8 @@ def describe_splits(splits: Splits) -> list[str]:
         f"train {len(splits.train)} / val {len(splits.val)} / test {len(splits.test)} images, "
         f"{splits.train.num_classes} classes",
         *[f"train labels: {line}" for line in stats.lines()[1:]],
-        f"val labels known fraction: {float((splits.val.labels != UNKNOWN).mean()):.4f}",
+        f"val labels known fraction: {known_fraction(splits.val.labels):.4f}",
     ]
     return lines + splits.notes
 
 
-class PartialLabelDataModule(L.LightningDataModule):
-    """Loaders of images, or of cached backbone features when ``caches`` (source, test) are given."""
-
-    def __init__(
-        self,
-        splits: Splits,
-        config: DataConfig,
-        mean: tuple[float, ...],
-        std: tuple[float, ...],
-        seed: int = 0,
-        caches: tuple[FeatureCache, FeatureCache] | None = None,
-        pooled: bool = False,
-    ):
-        super().__init__()
-        self.seed = seed
-        self.caches = caches
-        self.pooled = pooled
-        self.splits = splits
-        self.config = config
-        self.train_transform = build_transform(config.image_size, config.augment, mean, std)
-        self.eval_transform = build_transform(config.image_size, "none", mean, std)
-
-    def _loader(self, dataset: Dataset, shuffle: bool, batch_size: int, drop_last: bool = False) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            drop_last=drop_last,
-            num_workers=self.config.num_workers,
-            persistent_workers=self.config.num_workers > 0,
-            generator=generator,
-        )
-
-    def _dataset(self, part: str, labels: np.ndarray, eval_labels: np.ndarray, augment: bool) -> Dataset:
-        s = self.splits
-        data = {"train": s.train, "val": s.val, "test": s.test}[part]
-        if self.caches is None:
-            transform = self.train_transform if augment else self.eval_transform
-            hint = SKIP_HINT if self.config.unreadable_images == "error" else ""
-            return ImageLabelDataset(data, labels, eval_labels, transform, hint=hint)
-        cache = self.caches[1] if part == "test" else self.caches[0]
-        rows = {"train": s.train_rows, "val": s.val_rows, "test": s.test_rows}[part]
-        return CachedFeatureDataset(cache, labels, eval_labels, rows=rows, pooled=self.pooled)
-
-    def train_dataloader(self) -> DataLoader:
-        s = self.splits
-        dataset = self._dataset("train", s.train.labels, s.train_full, augment=True)
-        steps = self.config.steps_per_epoch
-        if steps > 0:
-            # A fixed number of batches per epoch, drawn from consecutive reshuffled passes over the data.
-            generator = torch.Generator().manual_seed(self.seed)
-            sampler = RandomSampler(dataset, num_samples=steps * self.config.batch_size, generator=generator)
-            return DataLoader(
-                dataset,
-                batch_size=self.config.batch_size,
-                sampler=sampler,
-                drop_last=True,
-                num_workers=self.config.num_workers,
-                persistent_workers=self.config.num_workers > 0,
-                generator=generator,
-            )
-        # Keep the last small batch unless it would hold a single image (BatchNorm needs two).
-        drop = last_batch_size(len(dataset), self.config.batch_size, self._world_size()) == 1
-        return self._loader(dataset, True, self.config.batch_size, drop_last=drop)
-
-    def _world_size(self) -> int:
-        trainer = getattr(self, "trainer", None)
-        return int(getattr(trainer, "world_size", 1) or 1) if trainer is not None else 1
-
-    def features_dataloader(self) -> DataLoader:
-        """Training images without augmentation, for prototypes (the published code used augmented ones)."""
-        s = self.splits
-        dataset = self._dataset("train", s.train.labels, s.train_full, augment=False)
-        return self._loader(dataset, False, self.config.eval_batch_size)
-
-    def val_dataloader(self) -> DataLoader:
-        s = self.splits
-        dataset = self._dataset("val", s.val.labels, s.val.labels, augment=False)
-        return self._loader(dataset, False, self.config.eval_batch_size)
-
-    def test_dataloader(self) -> DataLoader:
-        s = self.splits
-        dataset = self._dataset("test", s.test.labels, s.test.labels, augment=False)
-        return self._loader(dataset, False, self.config.eval_batch_size)

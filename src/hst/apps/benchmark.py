@@ -18,16 +18,21 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from hst.config import ConfigError, resolve_config
-from hst.engine.config import TrainConfig
-from hst.io import atomic_path, atomic_write, folder_lock, write_text_atomic
+from hst.apps.results import (
+    RESULTS_FILE,
+    aggregate,
+    cell_values,
+    parse_results,
+    proportion_figure,
+    read_results,
+    write_results,
+)
+from hst.config import ConfigError, TrainConfig, resolve_config
+from hst.io import atomic_write, folder_lock, write_text_atomic
 
 if TYPE_CHECKING:
-    from hst.engine.workers import CellFailure
+    from hst.apps.benchmark_workers import CellFailure
 
-FIELDS = [
-    "method", "proportion", "seed", "test_mAP", "test_OF1", "test_CF1", "val_mAP", "seconds", "run_dir", "chosen",
-]
 DEFAULT_PROPORTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
@@ -68,22 +73,51 @@ def parse_tune(text: str) -> dict[str, list[list[str]]]:
     return grids
 
 
+def _text_list(text: str, kind: type) -> list:
+    try:
+        return [kind(item) for item in text.split(",") if item.strip()]
+    except ValueError as error:
+        raise ConfigError(f"cannot parse list {text!r}: {error}") from error
+
+
+def options_from_text(
+    config: str | None,
+    out: str,
+    overrides: list[str],
+    methods: str | None = None,
+    proportions: str | None = None,
+    seeds: str | None = None,
+    tune: str | None = None,
+    tune_seeds: str | None = None,
+    workers: int = 1,
+) -> BenchmarkOptions:
+    """Options from the command line's comma-separated lists and ``--tune`` grid (None: the default)."""
+    from hst.methods import available
+
+    options = BenchmarkOptions(config=config, out=out, overrides=overrides)
+    if methods:
+        options.methods = _text_list(methods, str)
+    if proportions:
+        options.proportions = _text_list(proportions, float)
+    if seeds:
+        options.seeds = _text_list(seeds, int)
+    if tune:
+        options.tune = parse_tune(tune)
+        if "all" in options.tune:
+            # One grid for every benchmarked method (a method given its own grid keeps that one).
+            shared = options.tune.pop("all")
+            options.tune = {method: options.tune.get(method, shared) for method in options.methods}
+    if tune_seeds:
+        options.tune_seeds = _text_list(tune_seeds, int)
+    options.workers = workers
+    unknown = [m for m in options.methods if m not in available()]
+    if unknown:
+        raise ConfigError(f"unknown method(s) {unknown}; available: {', '.join(available())}")
+    return options
+
+
 def _cell_key(method: str, proportion: float, seed: int) -> tuple[str, str, int]:
     return method, f"{proportion:.4g}", int(seed)
-
-
-def read_results(path: Path) -> list[dict[str, str]]:
-    if not path.is_file():
-        return []
-    with path.open(newline="") as handle:
-        return list(csv.DictReader(handle))
-
-
-def _write_results(path: Path, rows: list[dict[str, str]]) -> None:
-    with atomic_write(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=FIELDS, restval="", extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def cell_config(
@@ -177,7 +211,7 @@ def _worker_cell(plan: CellPlan) -> dict[str, str]:
 
 def _prepare_caches(plans: Sequence[CellPlan], log: Callable[[str], None]) -> None:
     """Extract frozen-backbone features once, before parallel workers would race to write them."""
-    from hst.engine.cache import extract_for_config
+    from hst.feature_cache import extract_for_config
 
     seen: set[str] = set()
     for plan in plans:
@@ -240,7 +274,7 @@ def _run_benchmark(
         except (ValueError, OSError):
             pass
         rows.append(row)
-        _write_results(results_path, rows)
+        write_results(results_path, rows)
         log(f"[{number}/{len(todo)}] {row['method']} p={row['proportion']} seed={row['seed']}: "
             f"test mAP {float(row['test_mAP']):.2f} ({float(row['seconds']):.0f} s) {row['chosen']}".rstrip())
 
@@ -307,7 +341,7 @@ def _run_cells(
         raise ValueError("a custom train_fn cannot be sent to worker processes; use workers=1")
     import torch
 
-    from hst.engine.workers import run_cells
+    from hst.apps.benchmark_workers import run_cells
 
     _prepare_caches([plan for _, plan in jobs], log)
     threads = max(1, torch.get_num_threads() // workers)
@@ -344,27 +378,16 @@ def _record_failures(path: Path, failures: Sequence[object]) -> None:
             writer.writerow([method, f"{proportion:.4g}", seed, failure.reason])  # type: ignore[attr-defined]
 
 
-def _aggregate(
-    rows: Sequence[dict[str, str]], method: str, proportion: float, metric: str = "test_mAP"
-) -> np.ndarray:
-    return np.array(
-        [
-            float(r[metric])
-            for r in rows
-            if r["method"] == method and abs(float(r["proportion"]) - proportion) < 1e-9
-        ]
-    )
-
-
 def markdown_table(rows: Sequence[dict[str, str]], methods: Sequence[str], proportions: Sequence[float]) -> str:
     """Rows = methods, columns = known proportions + average; mean ± std over seeds (test mAP, %)."""
+    table = aggregate(parse_results(rows, RESULTS_FILE))
     header = "| method | " + " | ".join(f"{p:.0%}" for p in proportions) + " | average |"
     lines = [header, "|---" * (len(proportions) + 2) + "|"]
     for method in methods:
         cells: list[str] = []
         means: list[float] = []
         for proportion in proportions:
-            values = _aggregate(rows, method, proportion)
+            values = cell_values(table, method, proportion)
             if values.size == 0:
                 cells.append("—")
                 continue
@@ -382,32 +405,7 @@ def markdown_table(rows: Sequence[dict[str, str]], methods: Sequence[str], propo
 def plot_results(
     rows: Sequence[dict[str, str]], methods: Sequence[str], proportions: Sequence[float], path: Path
 ) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(7, 4.5), dpi=120)
-    for method in methods:
-        xs, means, lows, highs = [], [], [], []
-        for proportion in proportions:
-            values = _aggregate(rows, method, proportion)
-            if values.size:
-                xs.append(proportion * 100)
-                means.append(values.mean())
-                lows.append(values.min())
-                highs.append(values.max())
-        if not xs:
-            continue
-        (line,) = axis.plot(xs, means, marker="o", label=method)
-        axis.fill_between(xs, lows, highs, color=line.get_color(), alpha=0.15)
-    axis.set_xlabel("known labels (%)")
-    axis.set_ylabel("test mAP (%)")
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=8)
-    figure.tight_layout()
-    try:
-        with atomic_path(path) as temp:
-            figure.savefig(temp, format="png")
-    finally:
-        plt.close(figure)
+    """Test mAP against the known-label proportion for ``methods`` (the figure ``hst report`` draws too)."""
+    table = aggregate(parse_results(rows, RESULTS_FILE))
+    wanted = {m: {p: cell_values(table, m, p) for p in proportions} for m in methods}
+    proportion_figure(wanted, path, always=True)

@@ -234,9 +234,7 @@ def export_checkpoint(
     tolerance: float = DEFAULT_TOLERANCE,
 ) -> ExportResult:
     """Load ``checkpoint`` (written by ``hst train``) and export it; see :func:`export_module`."""
-    from hst.engine.train import load_module
-
-    module, _ = load_module(Path(checkpoint))
+    module = PartialLabelModule.from_checkpoint(Path(checkpoint))
     return export_module(module, Path(out), fmt, image_size, tolerance, checkpoint=Path(checkpoint))
 
 

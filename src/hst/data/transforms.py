@@ -1,0 +1,30 @@
+"""Image transforms: the evaluation resize and the training augmentations."""
+
+from __future__ import annotations
+
+import torch
+from torchvision.transforms import v2
+
+
+def build_transform(image_size: int, augment: str, mean: tuple[float, ...], std: tuple[float, ...]) -> v2.Compose:
+    """Test: resize to a square. Train 'paper': resize to 8/7 of the size, random square crop of
+    {1, 7/8, 6/8, 5/8, 4/8} of that, resize back, flip (hst-reference §2.4, 448 ← 512)."""
+    resize = v2.Resize((image_size, image_size), interpolation=v2.InterpolationMode.BICUBIC, antialias=True)
+    tail = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
+    if augment == "none":
+        return v2.Compose([resize, *tail])
+    if augment == "flip":
+        return v2.Compose([resize, v2.RandomHorizontalFlip(), *tail])
+    if augment == "paper":
+        scale = round(image_size * 8 / 7)
+        crops = [round(scale * f) for f in (1.0, 7 / 8, 6 / 8, 5 / 8, 4 / 8)]
+        return v2.Compose(
+            [
+                v2.Resize((scale, scale), interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
+                v2.RandomChoice([v2.RandomCrop(c) for c in crops]),
+                resize,
+                v2.RandomHorizontalFlip(),
+                *tail,
+            ]
+        )
+    raise ValueError(f"data.augment must be 'paper', 'flip' or 'none', got {augment!r}")
