@@ -14,6 +14,7 @@ from torch import Tensor
 
 from hst.config import MethodConfig, ModelConfig
 from hst.methods import Method, StepContext, create
+from hst.methods.base import FeatureBatch
 from hst.models.network import PartialLabelNetwork, build_network
 from speed_common import activities, median_ms, sync, top_ops
 
@@ -77,8 +78,11 @@ def build_step_setup(
     source_labels = torch.from_numpy(random_partial_labels(rng, 4 * batch, num_classes, positive=0.5)).to(device)
     source_features = torch.randn(4 * batch, num_classes, network.feature_dim, device=device)
 
-    def feature_source() -> Iterator[tuple[Tensor, Tensor, Tensor]]:
-        yield torch.arange(len(source_labels), device=device), source_features, source_labels
+    source_logits = torch.randn(4 * batch, num_classes, device=device)
+
+    def feature_source(split: str = "train") -> Iterator[FeatureBatch]:
+        rows = torch.arange(len(source_labels), device=device)
+        yield FeatureBatch(rows, source_logits, source_features, source_labels, None)
 
     methods: dict[str, Method] = {}
     optimizers: dict[str, torch.optim.Optimizer] = {}

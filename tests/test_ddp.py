@@ -136,9 +136,9 @@ def test_two_processes_match_one_process(tmp_path: Path) -> None:
         one_process = evaluate(logits.numpy(), splits.val.labels, splits.val.class_names).mAP
     assert metrics["val_last_epoch"]["mAP"] == pytest.approx(one_process, abs=1e-6)
 
-    # Pseudo-label statistics are sums over both processes: the withheld positives among the unknown
-    # entries depend on the data only, so they match the single-process run exactly.
-    column = "method/epoch_intra_pseudo_possible"
+    # Pseudo labels are decided on the scores of both processes' rows: the withheld positives among the
+    # unknown entries depend on the data only, so they match the single-process run exactly.
+    column = "method/pseudo_all_pos_possible"
     assert _epoch_sums(run_dir, column) == _epoch_sums(single.run_dir, column)
     assert _epoch_sums(run_dir, column)[0] > 0
 

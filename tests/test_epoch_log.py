@@ -30,7 +30,8 @@ def test_non_terminal_training_prints_one_plain_line_per_epoch(tmp_path: Path) -
     assert [LINE.match(line) is not None for line in epochs] == [True] * 3, epochs
     assert [int(LINE.match(line).group(1)) for line in epochs] == [1, 2, 3]  # type: ignore[union-attr]
     # HST's pseudo labels start at epoch 2 in the tiny config (pseudo_label_epoch=1)
-    assert "pseudo labels IST" in epochs[-1] and "CST" in epochs[-1]
+    assert "pseudo labels positive" in epochs[-1] and "negative" in epochs[-1]
+    assert "pseudo labels" not in epochs[0]
     both = done.stdout + done.stderr
     assert "Tip" not in both and "litlogger" not in both and "litmodels" not in both
     assert "\r" not in both and "━" not in both  # no bar redrawn into the log

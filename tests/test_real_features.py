@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from hst.config import resolve_config
-from hst.engine.config import TrainConfig
-from hst.engine.data import prepare_splits
+from hst.config import TrainConfig, resolve_config
+from hst.data.splits import prepare_splits
 from hst.engine.train import train
 from hst.metrics import chance_map
 

@@ -26,15 +26,17 @@ TINY = [
 ]
 
 
-def tiny_checkpoint(out: Path, overrides: Sequence[str] = ()) -> Path:
-    """Train the tiny config (plus ``overrides``) into ``out`` and return its best checkpoint."""
+def tiny_checkpoint(out: Path, overrides: Sequence[str] = (), which: str = "last") -> Path:
+    """Train the tiny config (plus ``overrides``) into ``out`` and return its last checkpoint (``which="best"``:
+    the best one). The last one is past the pseudo-label epochs, so it carries prototypes and calibrated
+    thresholds; the tiny run's best epoch may come before them."""
     from hst.config import TrainConfig, resolve_config
     from hst.engine.train import train
 
     config = resolve_config(TrainConfig, None, [*TINY, f"trainer.output_dir={out}", "trainer.run_name=t", *overrides])
     result = train(config)
     assert result.best_checkpoint is not None
-    return result.best_checkpoint
+    return result.best_checkpoint if which == "best" else result.run_dir / "checkpoints" / "last.ckpt"
 
 
 def write_image_manifests(folder: Path, count: int = 72, proportion: float = 0.3) -> tuple[Path, Path]:

@@ -246,7 +246,7 @@ def _run_page(run_dir: Path, out_dir: Path) -> _Page:
     pseudo_epoch = _lookup(config, "method.pseudo_label_epoch")
     add(
         "thresholds",
-        "Learned thresholds",
+        "Pseudo-label thresholds",
         threshold_figure(log, pseudo_epoch, out_dir / FIGURE_FILES["thresholds"]) if log else "",
         "no method/intra_threshold or method/inter_threshold in csv/metrics.csv (method without thresholds?)"
         if log

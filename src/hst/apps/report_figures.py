@@ -162,7 +162,36 @@ def per_class_figure(per_class: dict[str, float], path: Path) -> None:
     save_figure(figure, path)
 
 
+def calibrated_threshold_figure(log: MetricsLog, pseudo_epoch: Any, path: Path) -> str:
+    """Calibrated thresholds: per evidence source, the classes that reached the target precision each epoch."""
+    curves = {
+        label: log.series(f"method/calibrated_{key}_classes")
+        for key, label in (("classifier", "classifier"), ("ist", "IST"), ("cst", "CST"))
+        if log.has(f"method/calibrated_{key}_classes")
+    }
+    curves = {label: s for label, s in curves.items() if s[0].size}
+    if not curves:
+        return ""
+    figure = new_figure(6.5, 4)
+    axis = figure.add_subplot()
+    for label, (epochs, values) in curves.items():
+        axis.plot(epochs, values, marker="o", label=label)
+    if isinstance(pseudo_epoch, int):
+        axis.axvline(pseudo_epoch, color="grey", ls=":", lw=1, label="pseudo labels start")
+    axis.set_xlabel("epoch")
+    axis.set_ylabel("classes")
+    axis.set_title("Classes with a calibrated positive threshold")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    save_figure(figure, path)
+    return "Per evidence source, the classes whose known entries allowed a threshold at the target precision: " + (
+        ", ".join(f"{label} {int(values[-1])}" for label, (_, values) in curves.items()) + " at the last epoch."
+    )
+
+
 def threshold_figure(log: MetricsLog, pseudo_epoch: Any, path: Path) -> str:
+    if not any(log.has(f"method/{kind}_threshold") for kind, _ in _PSEUDO_KINDS):
+        return calibrated_threshold_figure(log, pseudo_epoch, path)
     curves = {
         label: log.series(f"method/{kind}_threshold")
         for kind, label in _PSEUDO_KINDS

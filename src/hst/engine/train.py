@@ -223,7 +223,9 @@ def _train_in(
     test_metrics = dict(module.last_metrics.get("test", {}))
     if best is not None:
         summary.append(f"best epoch by val/mAP: {best.name} (score {float(checkpoint.best_model_score or 0):.2f})")
-    written = [Path(p) for p in (last.best_model_path if last else "", checkpoint.best_model_path) if p]
+    # The files themselves: the last-epoch callback's own record of its path is not kept across trainer.test.
+    last_file = run_dir / CHECKPOINT_FOLDER / LAST_CHECKPOINT
+    written = [p for p in (last_file if last is not None and last_file.is_file() else None, best) if p is not None]
     summary.extend(tune_checkpoints(config, run_dir, module, datamodule, written, best))
     if is_zero:
         write_json(run_dir / "metrics.json", {"test": test_metrics, "val_last_epoch": val_metrics})
