@@ -24,10 +24,11 @@ def best_epoch(run: Path) -> int | None:
     return max(scored, key=lambda t: (t[0], -t[1]))[1] if scored else None
 
 
-def quality(run: Path) -> dict[str, float] | None:
-    """The ``method/pseudo_*`` values of the best epoch (or the last pseudo-label epoch before it)."""
+def quality(run: Path, at: str = "best") -> dict[str, float] | None:
+    """The ``method/pseudo_*`` values of the best epoch (or the last pseudo-label epoch before it); ``at="last"``:
+    of the last epoch."""
     rows = list(csv.DictReader((run / "csv" / "metrics.csv").open()))
-    epoch = best_epoch(run)
+    epoch = best_epoch(run) if at == "best" else max((int(r["epoch"]) for r in rows if r.get("epoch")), default=None)
     logged = [
         r for r in rows if r.get("method/pseudo_all_pos_count") and epoch is not None and int(r["epoch"]) <= epoch
     ]
@@ -41,6 +42,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder")
     parser.add_argument("--methods", default="hst")
+    parser.add_argument("--at", choices=("best", "last"), default="best", help="epoch whose pseudo labels to show")
     args = parser.parse_args()
     folder = Path(args.folder)
     rows = list(csv.DictReader((folder / "results.csv").open()))
@@ -53,7 +55,7 @@ def main() -> None:
                 q
                 for r in rows
                 if r["method"] == method and float(r["proportion"]) == proportion
-                for q in [quality(folder / r["run_dir"])]
+                for q in [quality(folder / r["run_dir"], args.at)]
                 if q is not None
             ]
             if not values:

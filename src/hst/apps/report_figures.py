@@ -162,16 +162,15 @@ def per_class_figure(per_class: dict[str, float], path: Path) -> None:
     save_figure(figure, path)
 
 
-def calibrated_threshold_figure(log: MetricsLog, pseudo_epoch: Any, path: Path) -> str:
-    """Calibrated thresholds: per evidence source, the classes that reached the target precision each epoch."""
-    curves = {
-        label: log.series(f"method/calibrated_{key}_classes")
-        for key, label in (("classifier", "classifier"), ("ist", "IST"), ("cst", "CST"))
-        if log.has(f"method/calibrated_{key}_classes")
-    }
+def _epoch_curves(
+    log: MetricsLog, columns: dict[str, str], pseudo_epoch: Any, ylabel: str, title: str, path: Path
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """One line per logged column (label → column) against the epoch, the pseudo-label start marked; the
+    curves drawn (none: no figure written)."""
+    curves = {label: log.series(column) for label, column in columns.items() if log.has(column)}
     curves = {label: s for label, s in curves.items() if s[0].size}
     if not curves:
-        return ""
+        return curves
     figure = new_figure(6.5, 4)
     axis = figure.add_subplot()
     for label, (epochs, values) in curves.items():
@@ -179,40 +178,29 @@ def calibrated_threshold_figure(log: MetricsLog, pseudo_epoch: Any, path: Path) 
     if isinstance(pseudo_epoch, int):
         axis.axvline(pseudo_epoch, color="grey", ls=":", lw=1, label="pseudo labels start")
     axis.set_xlabel("epoch")
-    axis.set_ylabel("classes")
-    axis.set_title("Classes with a calibrated positive threshold")
+    axis.set_ylabel(ylabel)
+    axis.set_title(title)
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
     save_figure(figure, path)
-    return "Per evidence source, the classes whose known entries allowed a threshold at the target precision: " + (
-        ", ".join(f"{label} {int(values[-1])}" for label, (_, values) in curves.items()) + " at the last epoch."
-    )
+    return curves
 
 
 def threshold_figure(log: MetricsLog, pseudo_epoch: Any, path: Path) -> str:
-    if not any(log.has(f"method/{kind}_threshold") for kind, _ in _PSEUDO_KINDS):
-        return calibrated_threshold_figure(log, pseudo_epoch, path)
-    curves = {
-        label: log.series(f"method/{kind}_threshold")
-        for kind, label in _PSEUDO_KINDS
-        if log.has(f"method/{kind}_threshold")
-    }
-    curves = {label: s for label, s in curves.items() if s[0].size}
+    """Learned thresholds per epoch or, for calibrated thresholds, the classes each evidence source could
+    calibrate at the target precision; '' when the run logged neither."""
+    learned = {f"{label} threshold": f"method/{kind}_threshold" for kind, label in _PSEUDO_KINDS}
+    curves = _epoch_curves(log, learned, pseudo_epoch, "threshold", "Learned thresholds", path)
+    if curves:
+        return ", ".join(f"{label}: {v[0]:.3f} → {v[-1]:.3f}" for label, (_, v) in curves.items()) + "."
+    calibrated = {label: f"method/calibrated_{key}_classes" for key, label in _CALIBRATED_SOURCES if key != "all"}
+    title = "Classes with a calibrated positive threshold"
+    curves = _epoch_curves(log, calibrated, pseudo_epoch, "classes", title, path)
     if not curves:
         return ""
-    figure = new_figure(6.5, 4)
-    axis = figure.add_subplot()
-    for label, (epochs, values) in curves.items():
-        axis.plot(epochs, values, marker="o", label=f"{label} threshold")
-    if isinstance(pseudo_epoch, int):
-        axis.axvline(pseudo_epoch, color="grey", ls=":", lw=1, label="pseudo labels start")
-    axis.set_xlabel("epoch")
-    axis.set_ylabel("threshold")
-    axis.set_title("Learned thresholds")
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=8)
-    save_figure(figure, path)
-    return ", ".join(f"{label}: {values[0]:.3f} → {values[-1]:.3f}" for label, (_, values) in curves.items()) + "."
+    return "Per evidence source, the classes whose known entries allowed a threshold at the target precision: " + (
+        ", ".join(f"{label} {int(values[-1])}" for label, (_, values) in curves.items()) + " at the last epoch."
+    )
 
 
 def _ratio(log: MetricsLog, numerator: str, denominator: str) -> tuple[np.ndarray, np.ndarray]:
