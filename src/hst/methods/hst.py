@@ -254,8 +254,10 @@ class HST(Method):
                 val_probs.append(torch.sigmoid(batch.logits.float()).cpu())
                 val_labels.append(batch.labels.to(torch.int8).cpu())
             if val_probs:
-                vp = torch.cat(val_probs).numpy()
-                vl = torch.cat(val_labels).numpy()
+                device = self.intra_threshold.device
+                # Under data parallelism every process calibrates on the whole validation split, so all agree.
+                vp = self.collective.gather_rows(torch.cat(val_probs).to(device)).cpu().numpy()
+                vl = self.collective.gather_rows(torch.cat(val_labels).to(device)).cpu().numpy()
                 scores["classifier"] = prob
                 thresholds["classifier"] = calibrate(vp, vl, *settings, pooled=True)
         decision = decide(labels, scores, thresholds, rank_by=prob, negatives=c.pseudo_negatives)
