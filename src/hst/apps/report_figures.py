@@ -243,21 +243,27 @@ def calibrated_pseudo_figure(log: MetricsLog, path: Path) -> str:
             (f"Recall of hidden {noun}", "%"),
         )
         for column, (title, unit) in enumerate(titles):
-            axis = axes[row, column]
-            axis.set_title(title, fontsize=10)
-            axis.set_xlabel("epoch")
-            axis.set_ylabel(unit)
-            axis.grid(alpha=0.3)
-            if axis.get_legend_handles_labels()[0]:
-                axis.legend(fontsize=7)
+            _style_epoch_panel(axes[row, column], title, unit, legend_size=7)
     save_figure(figure, path)
-    last = [log.series(prefix.format("all", polarity, "count"))[1] for polarity in ("pos", "neg")]
-    counts = " and ".join(f"{int(v[-1])}" for v in last if v.size)
+    last = {
+        noun: log.series(prefix.format("all", polarity, "count"))[1]
+        for polarity, noun in (("pos", "positives"), ("neg", "negatives"))
+    }
+    counts = ", ".join(f"{int(v[-1])} {noun}" for noun, v in last.items() if v.size) or "none"
     return (
         "Calibrated pseudo labels of each evidence source (what it alone would assign) and of their combination "
-        f"(black: what training used; last epoch: {counts or '—'} positives, negatives), scored against the full "
-        "training labels."
+        f"(black: what training used; last epoch: {counts}), scored against the full training labels."
     )
+
+
+def _style_epoch_panel(axis: Any, title: str, unit: str, legend_size: int = 8) -> None:
+    """Title, epoch axis, unit, grid, and a legend when the panel has labelled lines."""
+    axis.set_title(title, fontsize=10)
+    axis.set_xlabel("epoch")
+    axis.set_ylabel(unit)
+    axis.grid(alpha=0.3)
+    if axis.get_legend_handles_labels()[0]:
+        axis.legend(fontsize=legend_size)
 
 
 def pseudo_figure(log: MetricsLog, path: Path) -> str:
@@ -288,12 +294,7 @@ def pseudo_figure(log: MetricsLog, path: Path) -> str:
         ("count", "%", "%"),
         strict=True,
     ):
-        axis.set_title(title, fontsize=10)
-        axis.set_xlabel("epoch")
-        axis.set_ylabel(unit)
-        axis.grid(alpha=0.3)
-        if axis.get_legend_handles_labels()[0]:
-            axis.legend(fontsize=8)
+        _style_epoch_panel(axis, title, unit)
     save_figure(figure, path)
     caption = "Pseudo positives of " + " and ".join(label for _, label in kinds) + "."
     if undefined:
