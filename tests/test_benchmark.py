@@ -55,8 +55,9 @@ def test_benchmark_runs_every_cell_once_and_resumes(tmp_path: Path) -> None:
 
 
 def test_benchmark_rejects_bad_override_before_running(tmp_path: Path) -> None:
-    options = BenchmarkOptions(methods=["hst"], proportions=[0.1], seeds=[0], out=str(tmp_path),
-                               overrides=["data.proportoin=0.3"])
+    options = BenchmarkOptions(
+        methods=["hst"], proportions=[0.1], seeds=[0], out=str(tmp_path), overrides=["data.proportoin=0.3"]
+    )
     calls: list[TrainConfig] = []
     with pytest.raises(ConfigError, match=r"data\.proportion"):
         run_benchmark(options, fake_train(calls), log=lambda _: None)
@@ -66,8 +67,14 @@ def test_benchmark_rejects_bad_override_before_running(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_benchmark_workers_run_cells_in_processes_and_match_a_serial_run(tmp_path: Path) -> None:
     tiny = [
-        "data.train=synthetic:48", "data.image_size=64", "data.batch_size=16", "model.feature_dim=32",
-        "model.hidden_dim=16", "model.trainable=none", "trainer.epochs=1", "trainer.save_last=false",
+        "data.train=synthetic:48",
+        "data.image_size=64",
+        "data.batch_size=16",
+        "model.feature_dim=32",
+        "model.hidden_dim=16",
+        "model.trainable=none",
+        "trainer.epochs=1",
+        "trainer.save_last=false",
         f"data.cache_dir={tmp_path / 'cache'}",
     ]
     common = dict(methods=["partial_bce"], proportions=[0.5], seeds=[0, 1], overrides=tiny)

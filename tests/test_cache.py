@@ -273,7 +273,9 @@ def test_extract_features_command_fills_the_cache_a_frozen_run_reads(tmp_path: P
     from hst.feature_cache import extract_for_config
 
     overrides = [
-        "data.train=synthetic:40", "data.image_size=64", "model.trainable=none",
+        "data.train=synthetic:40",
+        "data.image_size=64",
+        "model.trainable=none",
         f"data.cache_dir={tmp_path}",
     ]
     assert main(["extract-features", *overrides]) == 0

@@ -29,8 +29,19 @@ def test_console_script_help_runs() -> None:
 @pytest.mark.parametrize(
     "verb",
     [
-        ["data"], ["data", "stats"], ["make-partial"], ["metrics"], ["train"], ["evaluate"], ["benchmark"],
-        ["extract-features"], ["predict"], ["complete"], ["review"], ["export"], ["report"],
+        ["data"],
+        ["data", "stats"],
+        ["make-partial"],
+        ["metrics"],
+        ["train"],
+        ["evaluate"],
+        ["benchmark"],
+        ["extract-features"],
+        ["predict"],
+        ["complete"],
+        ["review"],
+        ["export"],
+        ["report"],
     ],
 )
 def test_every_verb_has_help(verb: list[str], capsys: pytest.CaptureFixture[str]) -> None:

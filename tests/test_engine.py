@@ -25,7 +25,6 @@ except ImportError:  # tests collected as a package
     from tests.tiny_run import TINY
 
 
-
 def tiny_config(tmp_path: Path, *extra: str) -> TrainConfig:
     return resolve_config(TrainConfig, None, [*TINY, f"trainer.output_dir={tmp_path}", *extra])
 
@@ -84,8 +83,12 @@ def test_published_learned_thresholds_start_at_one_and_the_intra_one_moves(tmp_p
 def test_shipped_defaults_make_pseudo_labels_at_the_default_size(tmp_path: Path) -> None:
     """The default run (synthetic:1000, HST defaults), with a frozen backbone so that it takes about a minute:
     pseudo positives are made, far more precise than the base rate of the unknown entries."""
-    extra = ["trainer.progress_bar=false", f"trainer.output_dir={tmp_path}", "model.trainable=none",
-             f"data.cache_dir={tmp_path / 'cache'}"]
+    extra = [
+        "trainer.progress_bar=false",
+        f"trainer.output_dir={tmp_path}",
+        "model.trainable=none",
+        f"data.cache_dir={tmp_path / 'cache'}",
+    ]
     result = train(resolve_config(TrainConfig, None, extra))
     rows = list(csv.DictReader((result.run_dir / "csv" / "metrics.csv").open()))
     epochs = [row for row in rows if row.get("method/pseudo_all_pos_count")]

@@ -105,8 +105,18 @@ def _previous_files(kind: str, folder: Path) -> Path:
     if kind == "results":
         # Earlier cells (of another method) make the file larger than the lock's owner note.
         rows = [
-            {"method": method, "proportion": "0.1", "seed": str(seed), "test_mAP": "1.0000", "test_OF1": "2.0000",
-             "test_CF1": "3.0000", "val_mAP": "1.0000", "seconds": "0.0", "run_dir": "nowhere", "chosen": ""}
+            {
+                "method": method,
+                "proportion": "0.1",
+                "seed": str(seed),
+                "test_mAP": "1.0000",
+                "test_OF1": "2.0000",
+                "test_CF1": "3.0000",
+                "val_mAP": "1.0000",
+                "seconds": "0.0",
+                "run_dir": "nowhere",
+                "chosen": "",
+            }
             for method, seed in [("hst", 0), *(("old", seed) for seed in range(20))]
         ]
         with atomic_write(folder / "results.csv", "w", newline="") as handle:
@@ -129,7 +139,10 @@ def test_file_size_limit_mid_write_keeps_the_previous_file(tmp_path: Path, kind:
     limit = max(len(data) for data in before.values()) + (30 if kind == "results" else 4096)
     done = subprocess.run(
         [sys.executable, "-c", LIMITED_WRITE, kind, str(tmp_path), str(limit)],
-        env=_env(), capture_output=True, text=True, timeout=120,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 5, (done.stdout, done.stderr[-3000:])
     report = json.loads(done.stdout.strip().splitlines()[-1])
@@ -271,8 +284,14 @@ def test_drop_last_is_decided_from_each_ranks_share() -> None:
 # ---------------------------------------------------------------- a benchmark worker killed mid-cell
 
 TINY_BENCH = [
-    "data.train=synthetic:48", "data.image_size=64", "data.batch_size=16", "model.feature_dim=32",
-    "model.hidden_dim=16", "model.trainable=none", "trainer.epochs=1", "trainer.save_last=false",
+    "data.train=synthetic:48",
+    "data.image_size=64",
+    "data.batch_size=16",
+    "model.feature_dim=32",
+    "model.hidden_dim=16",
+    "model.trainable=none",
+    "trainer.epochs=1",
+    "trainer.save_last=false",
 ]
 
 
@@ -280,7 +299,11 @@ TINY_BENCH = [
 def test_killed_benchmark_worker_costs_only_its_cell(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "bench"
     options = BenchmarkOptions(
-        methods=["partial_bce"], proportions=[0.5], seeds=[0, 1], out=str(out), workers=2,
+        methods=["partial_bce"],
+        proportions=[0.5],
+        seeds=[0, 1],
+        out=str(out),
+        workers=2,
         overrides=[*TINY_BENCH, f"data.cache_dir={tmp_path / 'cache'}"],
     )
     monkeypatch.setenv(KILL_CELL_ENV, "partial_bce-p0.5-s1")  # that cell's worker SIGKILLs itself at step 1
@@ -316,7 +339,9 @@ def test_killed_worker_is_recorded_and_the_others_finish() -> None:
     failed: dict[str, str] = {}
     failures = run_cells(
         [(name, name, "") for name in ("ok-1", "kill", "raise", "ok-2")],
-        job, workers=2, threads=1,
+        job,
+        workers=2,
+        threads=1,
         on_done=lambda key, row: done.__setitem__(key, row),
         on_failed=lambda failure: failed.__setitem__(failure.key, failure.reason),
     )

@@ -20,6 +20,7 @@ from hst.methods.thresholds import (
     expected_hidden_positives,
     negative_threshold,
     positive_threshold,
+    precision_bound,
     quality,
 )
 from hst.models.ist import cooccurrence_matrix, intra_scores_leave_one_out
@@ -59,6 +60,21 @@ def test_thresholds_match_brute_force(seed: int) -> None:
     for target, min_neg in itertools.product((0.8, 0.95), (1, 5)):
         expected = _brute_negative(scores, positive, target, min_neg)
         assert negative_threshold(scores, positive, target, min_neg) == expected
+
+
+def test_wilson_bound_matches_its_formula_and_tightens_thresholds() -> None:
+    # Wilson lower bound at z = 1 for 9 of 10: (0.9 + 0.05 - sqrt(0.009 + 0.0025)) / 1.1, computed by hand.
+    assert precision_bound(np.array([9]), np.array([10]), 1.0)[0] == pytest.approx(0.766147, abs=1e-6)
+    assert precision_bound(np.array([9]), np.array([10]), 0.0)[0] == pytest.approx(9 / 11)
+    # The bound rises towards the plain ratio as the same precision rests on more entries.
+    bounds = precision_bound(np.array([9, 90, 900]), np.array([10, 100, 1000]), 1.0)
+    assert np.all(np.diff(bounds) > 0) and bounds[-1] < 0.9
+    rng = np.random.default_rng(0)
+    positive = rng.random(400) < 0.3
+    scores = rng.random(400) + positive * 0.8
+    plain = positive_threshold(scores, positive, 0.85, 3, z=0.0)
+    strict = positive_threshold(scores, positive, 0.85, 3, z=1.0)
+    assert np.isfinite(plain) and strict > plain  # fewer, surer pseudo positives
 
 
 def test_nan_scores_are_not_evidence() -> None:
@@ -172,3 +188,24 @@ def test_hst_fixes_pseudo_labels_for_the_epoch_and_trains_on_them() -> None:
     clone = create("hst", config, classes, dim, num)
     clone.load_extra_state(method.extra_state())
     assert clone.pseudo_targets is not None and torch.equal(clone.pseudo_targets, table)
+
+
+def test_hst_relabel_every_zero_keeps_the_first_decision() -> None:
+    """``relabel_every=0``: pseudo labels are decided once, by the model before any pseudo-label training."""
+    gen = torch.Generator().manual_seed(1)
+    num, classes, dim = 200, 3, 6
+    full = torch.where(torch.rand(num, classes, generator=gen) < 0.3, 1, -1).to(torch.int8)
+    features = torch.randn(num, classes, dim, generator=gen) + (full > 0).unsqueeze(2) * 3.0
+    logits = torch.where(full > 0, 2.0, -2.0) + torch.randn(num, classes, generator=gen)
+    labels = torch.where(torch.rand(num, classes, generator=gen) < 0.3, full, torch.zeros_like(full))
+    shifted = logits + torch.randn(num, classes, generator=gen) * 3  # a later model with other scores
+    for every, same in ((0, True), (1, False)):
+        config = MethodConfig(
+            pseudo_label_epoch=1, prototypes_per_class=2, kmeans_iters=3, use_ist=False, relabel_every=every
+        )
+        method = create("hst", config, classes, dim, num)
+        assert method.on_train_epoch_start(1, _source(features, logits, labels, full))["pseudo_all_pos_count"] > 0
+        first = method.pseudo_targets.clone()
+        logs = method.on_train_epoch_start(2, _source(features, shifted, labels, full))
+        assert torch.equal(method.pseudo_targets, first) == same
+        assert ("pseudo_all_pos_count" in logs) != same

@@ -531,7 +531,9 @@ def test_write_csv_into_a_symlinked_folder_points_at_the_real_images(tmp_path: P
     elsewhere.mkdir(parents=True)
     (tmp_path / "project" / "link").symlink_to(elsewhere, target_is_directory=True)
     data = MultiLabelData(
-        image_ids=["a"], labels=np.array([[1]], dtype=np.int8), class_names=["cat"],
+        image_ids=["a"],
+        labels=np.array([[1]], dtype=np.int8),
+        class_names=["cat"],
         image_paths=[data_root / "images" / "a.jpg"],
     )
     out = tmp_path / "project" / "link" / "labels.csv"  # written through the link, lands in elsewhere/deep

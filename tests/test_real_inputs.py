@@ -176,8 +176,9 @@ def test_pixel_limit_is_configurable_and_names_the_file(tmp_path: Path) -> None:
 
     # 'skip': the large file is left out and reported; the training data module never decodes it.
     splits = prepare_splits(
-        DataConfig(train=spec, unreadable_images="skip", max_image_pixels=1_000_000, val_fraction=0.2,
-                   test_fraction=0.2)
+        DataConfig(
+            train=spec, unreadable_images="skip", max_image_pixels=1_000_000, val_fraction=0.2, test_fraction=0.2
+        )
     )
     assert [Path(path).name for path, _ in splits.skipped] == ["panorama.png"]
     assert "max_image_pixels=1,000,000" in splits.skipped[0][1]

@@ -208,9 +208,7 @@ def _assert_same_run(reference: RunResult, resumed: RunResult) -> None:
 
 
 @pytest.mark.slow
-def test_killed_run_resumes_to_the_same_weights_and_metrics(
-    runs: tuple[RunResult, Path], tmp_path: Path
-) -> None:
+def test_killed_run_resumes_to_the_same_weights_and_metrics(runs: tuple[RunResult, Path], tmp_path: Path) -> None:
     reference, killed = runs
     run_dir = _copy_run(killed, tmp_path / "killed")
     saved = torch.load(run_dir / "checkpoints" / LAST_CHECKPOINT, weights_only=True)

@@ -127,9 +127,7 @@ def test_decisions_undo_and_the_files_they_write(session: ReviewSession, manifes
         session.decide(first.image, first.label, "maybe")
 
 
-def test_reopening_resumes_from_the_log(
-    session: ReviewSession, checkpoint: Path, manifests: tuple[Path, Path]
-) -> None:
+def test_reopening_resumes_from_the_log(session: ReviewSession, checkpoint: Path, manifests: tuple[Path, Path]) -> None:
     a, b = (session.suggestions[k] for k in session.order[:2])
     session.decide(a.image, a.label, "reject")
     session.decide(b.image, b.label, "accept")
@@ -359,8 +357,13 @@ def test_real_server_token_traversal_and_concurrent_decisions(
         assert server.raw_get(path)[0] == 403, path
     status, body = server.raw_get(f"/{server.token}/image/0")
     assert status == 200 and body.startswith(b"\x89PNG")
-    attempts = ["image/../../../../etc/passwd", "image/..%2f..%2f..%2fetc%2fpasswd", "image/%2e%2e/%2e%2e/etc/passwd",
-                "static/../../../../etc/passwd", "static/..%2f..%2fsession.py"]
+    attempts = [
+        "image/../../../../etc/passwd",
+        "image/..%2f..%2f..%2fetc%2fpasswd",
+        "image/%2e%2e/%2e%2e/etc/passwd",
+        "static/../../../../etc/passwd",
+        "static/..%2f..%2fsession.py",
+    ]
     for attempt in attempts:
         status, body = server.raw_get(f"/{server.token}/{attempt}")
         assert status in (403, 404) and b"root:" not in body and b"import" not in body, (attempt, status)
@@ -411,9 +414,17 @@ def test_review_page_in_headless_chromium(
 
     options = webdriver.ChromeOptions()
     options.binary_location = browser
-    for argument in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                     "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1280,900",
-                     f"--user-data-dir={tmp_path / 'profile'}"):
+    for argument in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--window-size=1280,900",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ):
         options.add_argument(argument)
     driver = webdriver.Chrome(options=options, service=Service(executable_path=driver_path))
     try:
@@ -425,8 +436,11 @@ def test_review_page_in_headless_chromium(
 
         def press(keys: str, decided: int) -> None:
             driver.find_element(By.TAG_NAME, "body").send_keys(keys)
-            wait_for(driver, lambda d: body_data(d, "decided") == str(decided) and not body_data(d, "busy"),
-                     f"no {decided} decisions after pressing {keys!r}")
+            wait_for(
+                driver,
+                lambda d: body_data(d, "decided") == str(decided) and not body_data(d, "busy"),
+                f"no {decided} decisions after pressing {keys!r}",
+            )
 
         load(server.url)
         assert body_data(driver, "current") == order_seen[0]  # the most doubtful suggestion comes first

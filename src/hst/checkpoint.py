@@ -130,7 +130,6 @@ def read_checkpoint(checkpoint_path: Path | str) -> dict[str, Any]:
 def _known_only(schema: type, values: dict[str, Any]) -> dict[str, Any]:
     """``values`` without keys the config schema no longer has (checkpoints of older versions)."""
 
-
     fields = {f.name: f for f in dataclasses.fields(schema)}
     out: dict[str, Any] = {}
     for key, value in values.items():

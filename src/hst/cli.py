@@ -95,9 +95,7 @@ def cmd_make_partial(args: argparse.Namespace) -> int:
     partial = make_partial(data.labels, options.scheme, options.proportion, options.seed)
     out = Path(options.out)
     write_csv_manifest(data.with_labels(partial), out)
-    print(
-        f"wrote {out} ({options.scheme}, proportion {options.proportion}, seed {options.seed}) from {data.source}"
-    )
+    print(f"wrote {out} ({options.scheme}, proportion {options.proportion}, seed {options.seed}) from {data.source}")
     _print(partial_stats(partial, data.class_names, full=data.labels).lines())
     return 0
 
@@ -156,8 +154,15 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     from hst.apps.benchmark import options_from_text, run_benchmark
 
     options = options_from_text(
-        args.config, args.out, list(args.overrides), args.methods, args.proportions, args.seeds, args.tune,
-        args.tune_seeds, args.workers,
+        args.config,
+        args.out,
+        list(args.overrides),
+        args.methods,
+        args.proportions,
+        args.seeds,
+        args.tune,
+        args.tune_seeds,
+        args.workers,
     )
     run_benchmark(options)
     out = Path(options.out)
@@ -214,8 +219,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _threshold_help() -> str:
-    return ("a probability in [0, 1] for every class, 'tuned' (per-class thresholds tuned for F1 on the "
-            "validation split at train time, stored in the checkpoint) or 'auto' (tuned when present, else 0.5)")
+    return (
+        "a probability in [0, 1] for every class, 'tuned' (per-class thresholds tuned for F1 on the "
+        "validation split at train time, stored in the checkpoint) or 'auto' (tuned when present, else 0.5)"
+    )
 
 
 def cmd_complete(args: argparse.Namespace) -> int:
@@ -263,8 +270,13 @@ Handler = Callable[[argparse.Namespace], int]
 def _inference_arguments(sub: argparse.ArgumentParser) -> None:
     """The options of a pass over images that predict and complete share."""
     sub.add_argument("--batch-size", dest="batch_size", type=int, default=32, help="images per batch (32)")
-    sub.add_argument("--on-error", dest="on_error", choices=["error", "skip"], default="error",
-                     help="unreadable or missing image: stop (default) or skip it and report")
+    sub.add_argument(
+        "--on-error",
+        dest="on_error",
+        choices=["error", "skip"],
+        default="error",
+        help="unreadable or missing image: stop (default) or skip it and report",
+    )
     sub.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto (cpu)")
 
 
@@ -294,135 +306,213 @@ def build_parser() -> argparse.ArgumentParser:
     data = verbs.add_parser("data", help="inspect datasets", description="Inspect datasets.")
     data_verbs = data.add_subparsers(dest="data_verb", metavar="DATA_VERB")
     data_verbs.required = True
-    stats = verb(data_verbs, "stats", "images, classes, positives per image, frequent co-occurring pairs",
-                 cmd_data_stats)
+    stats = verb(
+        data_verbs, "stats", "images, classes, positives per image, frequent co-occurring pairs", cmd_data_stats
+    )
     stats.add_argument("data", nargs="?", default=None, help="data spec (default: synthetic)")
     stats.add_argument("--top", type=int, default=None, help="number of co-occurring pairs to list (10)")
     stats.add_argument("overrides", nargs="*", metavar="key=value")
 
-    partial = verb(verbs, "make-partial", "hide labels by a seeded protocol and write a CSV manifest",
-                   cmd_make_partial)
+    partial = verb(verbs, "make-partial", "hide labels by a seeded protocol and write a CSV manifest", cmd_make_partial)
     partial.add_argument("data", nargs="?", default=None, help="data spec of the fully labelled dataset")
-    partial.add_argument("--scheme", default=None,
-                         choices=["entry", "image-count", "class", "single-positive"],
-                         help="entry (published protocol, default), image-count, class, single-positive")
+    partial.add_argument(
+        "--scheme",
+        default=None,
+        choices=["entry", "image-count", "class", "single-positive"],
+        help="entry (published protocol, default), image-count, class, single-positive",
+    )
     partial.add_argument("--proportion", type=float, default=None, help="known proportion in [0, 1] (0.5)")
     partial.add_argument("--seed", type=int, default=None, help="random seed (0)")
     partial.add_argument("--out", default=None, help="output CSV manifest")
     partial.add_argument("overrides", nargs="*", metavar="key=value")
 
-    metrics = verb(verbs, "metrics", "mAP, OF1, CF1 and per-class AP of a score file against a label file",
-                   cmd_metrics)
+    metrics = verb(verbs, "metrics", "mAP, OF1, CF1 and per-class AP of a score file against a label file", cmd_metrics)
     metrics.add_argument("--scores", default=None, help="CSV: image,<classes…> with real-valued scores")
     metrics.add_argument("--labels", default=None, help="CSV manifest with 1/-1/0/empty labels")
-    metrics.add_argument("--json", action="store_const", const=True, default=None,
-                         help="print one JSON object")
-    metrics.add_argument("--scores-are-probabilities", dest="scores_are_probabilities",
-                         action="store_const", const=True, default=None,
-                         help="scores are probabilities (threshold 0.5) rather than logits (threshold 0)")
+    metrics.add_argument("--json", action="store_const", const=True, default=None, help="print one JSON object")
+    metrics.add_argument(
+        "--scores-are-probabilities",
+        dest="scores_are_probabilities",
+        action="store_const",
+        const=True,
+        default=None,
+        help="scores are probabilities (threshold 0.5) rather than logits (threshold 0)",
+    )
     metrics.add_argument("overrides", nargs="*", metavar="key=value")
 
-    train = verb(verbs, "train", "train a method (HST by default) and test the checkpoint chosen on validation",
-                 cmd_train)
+    train = verb(
+        verbs, "train", "train a method (HST by default) and test the checkpoint chosen on validation", cmd_train
+    )
     train.add_argument("--config", default=None, help="YAML config file (e.g. configs/paper/voc2007.yaml)")
-    train.add_argument("--resume", default=None, metavar="RUN_DIR",
-                       help="continue an interrupted run exactly from its last checkpoint (same folder, same "
-                            "config; overrides such as trainer.epochs=30 extend it)")
-    train.add_argument("overrides", nargs="*", metavar="key=value",
-                       help="e.g. data.proportion=0.5 method.name=partial_bce trainer.epochs=20")
+    train.add_argument(
+        "--resume",
+        default=None,
+        metavar="RUN_DIR",
+        help="continue an interrupted run exactly from its last checkpoint (same folder, same "
+        "config; overrides such as trainer.epochs=30 extend it)",
+    )
+    train.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="e.g. data.proportion=0.5 method.name=partial_bce trainer.epochs=20",
+    )
 
-    evaluate = verb(verbs, "evaluate", "score a dataset with a trained checkpoint (mAP, OF1, CF1, per-class AP)",
-                    cmd_evaluate)
+    evaluate = verb(
+        verbs, "evaluate", "score a dataset with a trained checkpoint (mAP, OF1, CF1, per-class AP)", cmd_evaluate
+    )
     evaluate.add_argument("checkpoint", help="checkpoint file written by hst train (checkpoints/best.ckpt)")
     evaluate.add_argument("data", help="data spec with full labels")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
 
-    bench = verb(verbs, "benchmark", "methods x known proportions x seeds under one protocol (resumable)",
-                 cmd_benchmark)
+    bench = verb(
+        verbs, "benchmark", "methods x known proportions x seeds under one protocol (resumable)", cmd_benchmark
+    )
     bench.add_argument("--config", default=None, help="base training config (YAML)")
     bench.add_argument("--methods", default=None, help="comma-separated (default hst,partial_bce,sst,assume_negative)")
     bench.add_argument("--proportions", default=None, help="comma-separated known proportions (default 0.1,...,0.9)")
     bench.add_argument("--seeds", default=None, help="comma-separated seeds (default 0)")
     bench.add_argument("--out", default="benchmark", help="output folder (results.csv/.md/.png, runs/)")
-    bench.add_argument("--tune", default=None,
-                       help="per-method grid chosen on validation mAP, e.g. "
-                            "'linear_assume_negative:optim.lr=0.003,0.03;optim.weight_decay=0,0.001' "
-                            "(several methods joined by '+'; 'all:...' gives every method the same grid)")
-    bench.add_argument("--tune-seeds", default=None,
-                       help="seeds whose cells train the whole grid; the other seeds reuse the point chosen there "
-                            "for the same method and proportion (default: every cell tunes)")
-    bench.add_argument("--workers", type=int, default=1,
-                       help="cells trained at once in separate processes, CPU threads shared out (1)")
+    bench.add_argument(
+        "--tune",
+        default=None,
+        help="per-method grid chosen on validation mAP, e.g. "
+        "'linear_assume_negative:optim.lr=0.003,0.03;optim.weight_decay=0,0.001' "
+        "(several methods joined by '+'; 'all:...' gives every method the same grid)",
+    )
+    bench.add_argument(
+        "--tune-seeds",
+        default=None,
+        help="seeds whose cells train the whole grid; the other seeds reuse the point chosen there "
+        "for the same method and proportion (default: every cell tunes)",
+    )
+    bench.add_argument(
+        "--workers", type=int, default=1, help="cells trained at once in separate processes, CPU threads shared out (1)"
+    )
     bench.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of the training config")
 
-    extract = verb(verbs, "extract-features",
-                   "run the frozen backbone once over the data of a config and store its feature maps "
-                   "(float16, memory-mapped; reused by training with model.trainable=none)", cmd_extract_features)
+    extract = verb(
+        verbs,
+        "extract-features",
+        "run the frozen backbone once over the data of a config and store its feature maps "
+        "(float16, memory-mapped; reused by training with model.trainable=none)",
+        cmd_extract_features,
+    )
     extract.add_argument("--config", default=None, help="YAML config file (e.g. configs/coco128-benchmark.yaml)")
     extract.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of the training config")
 
-    report = verb(verbs, "report", "one self-contained HTML page (plus PNGs) of a run or benchmark folder",
-                  cmd_report)
+    report = verb(verbs, "report", "one self-contained HTML page (plus PNGs) of a run or benchmark folder", cmd_report)
     report.epilog = None  # no key=value overrides here
     report.add_argument("run_dir", help="run folder written by hst train, or an hst benchmark folder")
     report.add_argument("--out", default=None, help="output folder (default RUN_DIR/report)")
 
-    pred = verb(verbs, "predict", "label new images (file, folder or data spec) with a trained checkpoint",
-                cmd_predict)
+    pred = verb(verbs, "predict", "label new images (file, folder or data spec) with a trained checkpoint", cmd_predict)
     pred.epilog = None  # no key=value overrides here
     pred.add_argument("checkpoint", help="checkpoint file written by hst train (checkpoints/best.ckpt)")
     pred.add_argument("input", help="image file, folder (searched recursively) or data spec (csv:FILE, ...)")
-    pred.add_argument("--out", default=None,
-                      help="FILE.csv (image,label,probability per predicted label) or FILE.json")
-    pred.add_argument("--threshold", "--thresholds", dest="threshold", default="0.5",
-                      help="0.5 (default): " + _threshold_help())
-    pred.add_argument("--top-k", dest="top_k", type=int, default=None,
-                      help="predict the k most probable labels of each image instead of thresholding")
-    pred.add_argument("--all-scores", dest="all_scores", action="store_true",
-                      help="CSV: image,<classes…> probabilities of every class (for hst metrics "
-                           "--scores-are-probabilities); JSON: add a probabilities object")
+    pred.add_argument("--out", default=None, help="FILE.csv (image,label,probability per predicted label) or FILE.json")
+    pred.add_argument(
+        "--threshold", "--thresholds", dest="threshold", default="0.5", help="0.5 (default): " + _threshold_help()
+    )
+    pred.add_argument(
+        "--top-k",
+        dest="top_k",
+        type=int,
+        default=None,
+        help="predict the k most probable labels of each image instead of thresholding",
+    )
+    pred.add_argument(
+        "--all-scores",
+        dest="all_scores",
+        action="store_true",
+        help="CSV: image,<classes…> probabilities of every class (for hst metrics "
+        "--scores-are-probabilities); JSON: add a probabilities object",
+    )
     _inference_arguments(pred)
-    pred.add_argument("--image-size", dest="image_size", type=int, default=None,
-                      help="resize images to N×N (default: the training size)")
+    pred.add_argument(
+        "--image-size",
+        dest="image_size",
+        type=int,
+        default=None,
+        help="resize images to N×N (default: the training size)",
+    )
     pred.add_argument("--show", type=int, default=20, help="images listed in the printed table (20; -1 = all)")
 
-    comp = verb(verbs, "complete",
-                "fill the unknown labels of a partially labelled dataset with a trained checkpoint (classifier + "
-                "IST/CST evidence); known labels are never changed", cmd_complete)
+    comp = verb(
+        verbs,
+        "complete",
+        "fill the unknown labels of a partially labelled dataset with a trained checkpoint (classifier + "
+        "IST/CST evidence); known labels are never changed",
+        cmd_complete,
+    )
     comp.epilog = None  # no key=value overrides here
     comp.add_argument("checkpoint", help="checkpoint file written by hst train (checkpoints/best.ckpt)")
-    comp.add_argument("partial_labels", help="CSV manifest with 1/-1/empty labels (as hst make-partial writes), "
-                                             "or any data spec")
-    comp.add_argument("--out", required=True,
-                      help="completed CSV manifest; OUT.confidence.csv lists every filled entry")
-    comp.add_argument("--data", default=None,
-                      help="data spec with the full labels of the same images: prints precision/recall of the "
-                           "filled labels at several confidence levels")
-    comp.add_argument("--min-confidence", dest="min_confidence", type=float, default=0.9,
-                      help="entries filled with lower confidence stay unknown (0.9)")
-    comp.add_argument("--threshold", "--thresholds", dest="threshold", default="auto",
-                      help="auto (default): " + _threshold_help())
-    comp.add_argument("--no-evidence", dest="no_evidence", action="store_true",
-                      help="use the classifier alone (no IST co-occurrence or CST prototype evidence)")
+    comp.add_argument(
+        "partial_labels", help="CSV manifest with 1/-1/empty labels (as hst make-partial writes), or any data spec"
+    )
+    comp.add_argument(
+        "--out", required=True, help="completed CSV manifest; OUT.confidence.csv lists every filled entry"
+    )
+    comp.add_argument(
+        "--data",
+        default=None,
+        help="data spec with the full labels of the same images: prints precision/recall of the "
+        "filled labels at several confidence levels",
+    )
+    comp.add_argument(
+        "--min-confidence",
+        dest="min_confidence",
+        type=float,
+        default=0.9,
+        help="entries filled with lower confidence stay unknown (0.9)",
+    )
+    comp.add_argument(
+        "--threshold", "--thresholds", dest="threshold", default="auto", help="auto (default): " + _threshold_help()
+    )
+    comp.add_argument(
+        "--no-evidence",
+        dest="no_evidence",
+        action="store_true",
+        help="use the classifier alone (no IST co-occurrence or CST prototype evidence)",
+    )
     _inference_arguments(comp)
 
     from hst.review.cli import add_review_arguments
 
-    review = verb(verbs, "review", "serve a local page (127.0.0.1) where a person accepts or rejects the labels a "
-                  "checkpoint suggests; every decision is saved at once to the output manifest", cmd_review)
+    review = verb(
+        verbs,
+        "review",
+        "serve a local page (127.0.0.1) where a person accepts or rejects the labels a "
+        "checkpoint suggests; every decision is saved at once to the output manifest",
+        cmd_review,
+    )
     review.epilog = None  # no key=value overrides here
     add_review_arguments(review)
 
-    export = verb(verbs, "export", "export a checkpoint's inference graph (images → probabilities) to ONNX or "
-                  "TorchScript, with a JSON sidecar and a parity check", cmd_export)
+    export = verb(
+        verbs,
+        "export",
+        "export a checkpoint's inference graph (images → probabilities) to ONNX or "
+        "TorchScript, with a JSON sidecar and a parity check",
+        cmd_export,
+    )
     export.epilog = None  # no key=value overrides here
     export.add_argument("checkpoint", help="checkpoint file written by hst train (checkpoints/best.ckpt)")
     export.add_argument("--format", required=True, choices=["onnx", "torchscript"], help="onnx or torchscript")
     export.add_argument("--out", required=True, help="output file (model.onnx / model.pt); FILE.json is the sidecar")
-    export.add_argument("--image-size", dest="image_size", type=int, default=None,
-                        help="input height and width N (default: the training size)")
-    export.add_argument("--tolerance", type=float, default=1e-4,
-                        help="largest allowed |exported - torch| probability in the parity check (1e-4)")
+    export.add_argument(
+        "--image-size",
+        dest="image_size",
+        type=int,
+        default=None,
+        help="input height and width N (default: the training size)",
+    )
+    export.add_argument(
+        "--tolerance",
+        type=float,
+        default=1e-4,
+        help="largest allowed |exported - torch| probability in the parity check (1e-4)",
+    )
 
     return parser
 

@@ -283,9 +283,7 @@ def extract_features(
                         images = images.contiguous(memory_format=torch.channels_last)
                     batch = backbone(images).float()
                     if batch.ndim != 4:
-                        raise FeatureCacheError(
-                            f"{backbone.name}: expected N×F×h×w features, got {tuple(batch.shape)}"
-                        )
+                        raise FeatureCacheError(f"{backbone.name}: expected N×F×h×w features, got {tuple(batch.shape)}")
                     if not bool(torch.isfinite(batch).all()) or float(batch.abs().max()) > FP16_MAX:
                         raise FeatureCacheError(
                             f"{backbone.name}: features of {data.source} rows {row}..{row + len(batch) - 1} are "

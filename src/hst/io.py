@@ -196,9 +196,7 @@ class FolderLock:
         except Timeout:
             owner = _owner(self.folder)
             pid = owner.get("pid", "unknown")
-            detail = ", ".join(
-                f"{key} {owner[key]}" for key in ("host", "started") if owner.get(key)
-            )
+            detail = ", ".join(f"{key} {owner[key]}" for key in ("host", "started") if owner.get(key))
             command = f": {owner['command']}" if owner.get("command") else ""
             raise FolderBusyError(
                 f"{self.folder} is in use: another hst process (pid {pid}{', ' + detail if detail else ''}) is "

@@ -275,8 +275,10 @@ def _run_benchmark(
             pass
         rows.append(row)
         write_results(results_path, rows)
-        log(f"[{number}/{len(todo)}] {row['method']} p={row['proportion']} seed={row['seed']}: "
-            f"test mAP {float(row['test_mAP']):.2f} ({float(row['seconds']):.0f} s) {row['chosen']}".rstrip())
+        log(
+            f"[{number}/{len(todo)}] {row['method']} p={row['proportion']} seed={row['seed']}: "
+            f"test mAP {float(row['test_mAP']):.2f} ({float(row['seconds']):.0f} s) {row['chosen']}".rstrip()
+        )
 
     def reused(cell: tuple[str, float, int]) -> bool:
         return options.tune_seeds is not None and cell[0] in options.tune and cell[2] not in options.tune_seeds
@@ -348,8 +350,10 @@ def _run_cells(
 
     def failed(failure: CellFailure) -> None:
         method, proportion, seed = failure.key
-        log(f"[{next(counter)}/{total}] {method} p={proportion:g} seed={seed}: FAILED: "
-            f"{failure.reason.splitlines()[0]} (not in results.csv; run again to train it)")
+        log(
+            f"[{next(counter)}/{total}] {method} p={proportion:g} seed={seed}: FAILED: "
+            f"{failure.reason.splitlines()[0]} (not in results.csv; run again to train it)"
+        )
 
     work = [(cell, plan, plan.configs[0].trainer.run_name) for cell, plan in jobs]
     return run_cells(work, _worker_cell, workers, threads, lambda _, row: finish(next(counter), row), failed)

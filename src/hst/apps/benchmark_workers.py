@@ -91,9 +91,7 @@ def run_cells(
                 running[process.sentinel] = (key, process, receive)
             ready = wait([*running.keys(), *(entry[2] for entry in running.values())])
             finished = {
-                sentinel
-                for sentinel, (_, _, receive) in running.items()
-                if sentinel in ready or receive in ready
+                sentinel for sentinel, (_, _, receive) in running.items() if sentinel in ready or receive in ready
             }
             for sentinel in finished:
                 key, process, receive = running.pop(sentinel)

@@ -99,9 +99,7 @@ def _sidecar(
         "class_names": list(module.class_names),
         "suggested_threshold": 0.5,
         # Per-class thresholds tuned on validation F1 after training (0.5 everywhere when not tuned).
-        "thresholds": {
-            name: float(t) for name, t in zip(module.class_names, module.decision_thresholds, strict=True)
-        },
+        "thresholds": {name: float(t) for name, t in zip(module.class_names, module.decision_thresholds, strict=True)},
         "thresholds_tuned": bool(module.thresholds_tuned),
         "backbone": backbone.name,
         "method": module.config.method.name,

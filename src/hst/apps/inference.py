@@ -162,7 +162,9 @@ def run_network(
     loader = DataLoader(
         # The limit the model was trained under (the default for older checkpoints) guards what it predicts on.
         InferenceImages(data.with_max_pixels(module.config.data.max_image_pixels), transform, catch_errors=True),
-        batch_size=batch_size, num_workers=num_workers, collate_fn=_collate
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=_collate,
     )
     target = device_of(device)
     was_training = module.training

@@ -214,9 +214,7 @@ def _ratio(log: MetricsLog, numerator: str, denominator: str) -> tuple[np.ndarra
 _SOURCE_COLORS = {"classifier": "C0", "ist": "C1", "cst": "C2"}
 
 
-_CALIBRATED_SOURCES = (
-    ("all", "used for training"), ("classifier", "classifier"), ("ist", "IST"), ("cst", "CST")
-)
+_CALIBRATED_SOURCES = (("all", "used for training"), ("classifier", "classifier"), ("ist", "IST"), ("cst", "CST"))
 
 
 def calibrated_pseudo_figure(log: MetricsLog, path: Path) -> str:

@@ -34,7 +34,16 @@ class Result:
 
 
 FIELDS = [
-    "method", "proportion", "seed", "test_mAP", "test_OF1", "test_CF1", "val_mAP", "seconds", "run_dir", "chosen",
+    "method",
+    "proportion",
+    "seed",
+    "test_mAP",
+    "test_OF1",
+    "test_CF1",
+    "val_mAP",
+    "seconds",
+    "run_dir",
+    "chosen",
 ]
 
 

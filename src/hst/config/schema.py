@@ -67,6 +67,9 @@ class ModelConfig:
     linear_residual: bool = True
     """SARL head: add a linear classifier of the standardised, globally pooled backbone features to the SARL
     logits, so the head contains the linear probe; False = the published head."""
+    sarl_gate: bool = False
+    """With linear_residual: scale the SARL logits by a learned scalar that starts at 0, so training starts from
+    the linear probe and the SARL part grows only as far as it helps."""
     standardize_pooled: bool = True
     """Standardise pooled features per dimension (BatchNorm without affine) before the linear classifier."""
     prior_bias: bool = True
@@ -94,6 +97,16 @@ class MethodConfig:
     negative_precision: float = 0.98
     """Calibrated thresholds: precision of pseudo negatives on the held-out known entries."""
     calibration_min_positives: int = 5
+    relabel_every: int = 1
+    """Calibrated mode: pseudo labels are decided anew every this many epochs from pseudo_label_epoch on (0 = once,
+    by the model that has seen known labels only; later decisions score entries the model was trained to call
+    positive, which lowers their precision)."""
+    pooled_calibration: bool = False
+    """Calibrated mode: IST and CST classes with fewer than calibration_min_positives known positives share one
+    threshold calibrated on the known entries of all classes (the classifier's is always pooled this way)."""
+    calibration_z: float = 0.0
+    """Calibrated thresholds: precision on the known entries is a Wilson lower bound at this many standard
+    deviations (0: ``TP / (k + 1)``), so that a lucky stretch of a small calibration set does not pass."""
     """A class gets calibrated pseudo positives only with at least this many scored known positives."""
     pseudo_negatives: bool = False
     """Calibrated mode: also turn unknown entries with strong negative evidence into negatives (off by default: on
@@ -106,6 +119,12 @@ class MethodConfig:
     unknown_negative_weight: float = 0.0
     """Calibrated mode, before the first pseudo-label epoch: weight of unknown entries taken as negatives
     (0 = known labels only, the default: assume-negative warm-up memorises the hidden positives)."""
+    cst_scores: str = "prototypes"
+    """Calibrated mode, the CST evidence: 'prototypes' (mean cosine to the K-means prototypes of the other half of
+    the images) or 'neighbours' (mean cosine to the nearest known positives minus the nearest known negatives of
+    other images)."""
+    neighbours: int = 10
+    """'neighbours' CST scores: how many nearest known positives (and negatives) are averaged."""
     learn_thresholds: bool = True
     """'learned' mode (DTL): learn the IST and CST thresholds; False keeps them at the initial values."""
     intra_threshold: float = 1.0
@@ -193,4 +212,3 @@ class TrainConfig:
     method: MethodConfig = field(default_factory=MethodConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
-

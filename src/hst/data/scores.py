@@ -35,9 +35,7 @@ def read_scores_csv(path: Path) -> tuple[list[str], list[str], np.ndarray]:
                 try:
                     value = float(cell)
                 except ValueError:
-                    raise DataError(
-                        f"{path}:{line_number}: column {name!r}: {cell!r} is not a number"
-                    ) from None
+                    raise DataError(f"{path}:{line_number}: column {name!r}: {cell!r} is not a number") from None
                 if not math.isfinite(value):
                     raise DataError(f"{path}:{line_number}: column {name!r}: {cell!r} is not finite")
                 values.append(value)
@@ -74,9 +72,7 @@ def align_scores(
     row_of = {image_id: row for row, image_id in enumerate(score_ids)}
     missing_images = [image_id for image_id in label_ids if image_id not in row_of]
     if missing_images:
-        raise DataError(
-            f"{where}: {len(missing_images)} labelled images have no score row, e.g. {missing_images[:3]}"
-        )
+        raise DataError(f"{where}: {len(missing_images)} labelled images have no score row, e.g. {missing_images[:3]}")
     column_of = {name: col for col, name in enumerate(score_classes)}
     rows = np.array([row_of[i] for i in label_ids])
     cols = np.array([column_of[name] for name in label_classes])

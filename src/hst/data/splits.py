@@ -203,5 +203,3 @@ def describe_splits(splits: Splits) -> list[str]:
         f"val labels known fraction: {known_fraction(splits.val.labels):.4f}",
     ]
     return lines + splits.notes
-
-

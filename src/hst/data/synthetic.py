@@ -110,8 +110,18 @@ def _bicycle(p: _Pen, o: PlacedObject) -> None:
 
 
 def _car(p: _Pen, o: PlacedObject) -> None:
-    body = ((-1, 0.0), (-0.95, -0.2), (-0.5, -0.25), (-0.3, -0.6), (0.35, -0.6), (0.55, -0.25), (0.95, -0.2),
-            (1, 0.0), (1, 0.3), (-1, 0.3))
+    body = (
+        (-1, 0.0),
+        (-0.95, -0.2),
+        (-0.5, -0.25),
+        (-0.3, -0.6),
+        (0.35, -0.6),
+        (0.55, -0.25),
+        (0.95, -0.2),
+        (1, 0.0),
+        (1, 0.3),
+        (-1, 0.3),
+    )
     p.poly(body, o.colour)
     p.poly(((-0.25, -0.52), (0.02, -0.52), (0.02, -0.28), (-0.42, -0.28)), o.accent)
     p.poly(((0.08, -0.52), (0.32, -0.52), (0.47, -0.28), (0.08, -0.28)), o.accent)
@@ -195,8 +205,10 @@ def _ball(p: _Pen, o: PlacedObject) -> None:
     p.circle(0, 0, 1.0, o.colour, o.accent, 0.08)
 
     def pentagon(cx: float, cy: float, r: float, phase: float) -> list[tuple[float, float]]:
-        return [(cx + r * math.cos(phase + k * 2 * math.pi / 5), cy + r * math.sin(phase + k * 2 * math.pi / 5))
-                for k in range(5)]
+        return [
+            (cx + r * math.cos(phase + k * 2 * math.pi / 5), cy + r * math.sin(phase + k * 2 * math.pi / 5))
+            for k in range(5)
+        ]
 
     p.poly(pentagon(0, 0, 0.34, -math.pi / 2), o.accent)
     for k in range(5):
@@ -317,10 +329,30 @@ def _toothbrush(p: _Pen, o: PlacedObject) -> None:
 
 
 _DRAWERS: dict[str, Callable[[_Pen, PlacedObject], None]] = {
-    "person": _person, "bicycle": _bicycle, "car": _car, "bus": _bus, "boat": _boat, "sign": _sign,
-    "bench": _bench, "bird": _bird, "dog": _dog, "umbrella": _umbrella, "ball": _ball, "bottle": _bottle,
-    "cup": _cup, "fork": _fork, "knife": _knife, "plate": _plate, "chair": _chair, "laptop": _laptop,
-    "book": _book, "clock": _clock, "tree": _tree, "flower": _flower, "towel": _towel, "toothbrush": _toothbrush,
+    "person": _person,
+    "bicycle": _bicycle,
+    "car": _car,
+    "bus": _bus,
+    "boat": _boat,
+    "sign": _sign,
+    "bench": _bench,
+    "bird": _bird,
+    "dog": _dog,
+    "umbrella": _umbrella,
+    "ball": _ball,
+    "bottle": _bottle,
+    "cup": _cup,
+    "fork": _fork,
+    "knife": _knife,
+    "plate": _plate,
+    "chair": _chair,
+    "laptop": _laptop,
+    "book": _book,
+    "clock": _clock,
+    "tree": _tree,
+    "flower": _flower,
+    "towel": _towel,
+    "toothbrush": _toothbrush,
 }
 
 

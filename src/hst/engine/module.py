@@ -41,16 +41,10 @@ class PartialLabelModule(L.LightningModule):
         super().__init__()
         self.config = config
         self.class_names = list(class_names)
-        self.network: PartialLabelNetwork = build_network(
-            config.model, self.class_names, train_labels, embeddings
-        )
-        self.method = create(
-            config.method.name, config.method, len(class_names), self.network.feature_dim, num_train
-        )
+        self.network: PartialLabelNetwork = build_network(config.model, self.class_names, train_labels, embeddings)
+        self.method = create(config.method.name, config.method, len(class_names), self.network.feature_dim, num_train)
         if config.model.head == "linear" and self.method.needs_semantic:
-            raise ValueError(
-                f"method {config.method.name!r} needs per-class semantic features; use model.head=sarl"
-            )
+            raise ValueError(f"method {config.method.name!r} needs per-class semantic features; use model.head=sarl")
         if config.model.prior_bias:
             self.network.init_class_bias(self.method.class_prior(np.asarray(train_labels)))
         self._outputs: dict[str, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {"val": [], "test": []}

@@ -102,9 +102,7 @@ def resume_training(run_dir: Path | str, overrides: Sequence[str] = ()) -> RunRe
     return train(config, resume=folder)
 
 
-def train(
-    config: TrainConfig, resume: Path | str | None = None, callbacks: Sequence[L.Callback] = ()
-) -> RunResult:
+def train(config: TrainConfig, resume: Path | str | None = None, callbacks: Sequence[L.Callback] = ()) -> RunResult:
     """Fit on the training split, select the best epoch on validation, then test that checkpoint.
 
     ``resume``: a run folder to continue in place from its last good checkpoint (see :func:`resume_training`);

@@ -34,11 +34,19 @@ from hst.losses import (
 from hst.methods.base import Evidence, FeatureSource, LossOutput, Method, StepContext
 from hst.methods.semantic_transfer import cooccurrence_term, known_and_cooccurrence_loss, pseudo_label_logs
 from hst.methods.thresholds import ClassThresholds, calibrate, decide, quality
-from hst.models.cst import Prototypes, inter_scores, prototype_similarity, prototypes_from_lists
+from hst.models.cst import (
+    NeighbourBank,
+    Prototypes,
+    inter_scores,
+    neighbour_scores,
+    prototype_similarity,
+    prototypes_from_lists,
+)
 from hst.models.ist import ISTHead, intra_scores, intra_scores_leave_one_out
 from hst.models.network import NetworkOutput
 
 THRESHOLD_MODES = ("calibrated", "learned", "fixed")
+CST_SCORES = ("prototypes", "neighbours")
 CALIBRATION_KEEP_ELEMENTS = 2**26
 """Semantic features of the training split up to this many floats (256 MiB) stay in memory between the two
 uses of a calibration pass; larger splits are read twice instead."""
@@ -144,8 +152,9 @@ class HST(Method):
         order = torch.argsort(classes, stable=True)
         counts = torch.bincount(classes, minlength=self.num_classes).tolist()
         per_class = list(torch.split(feats[order].to(device), counts))
-        prototypes = prototypes_from_lists(per_class, k=self.config.prototypes_per_class, seed=seed,
-                                           iters=self.config.kmeans_iters)
+        prototypes = prototypes_from_lists(
+            per_class, k=self.config.prototypes_per_class, seed=seed, iters=self.config.kmeans_iters
+        )
         if group.world_size > 1:
             # Every process clusters the same features; rank 0's result is taken so that they agree bit for bit.
             prototypes = Prototypes(group.broadcast(prototypes.centers), group.broadcast(prototypes.valid))
@@ -166,7 +175,7 @@ class HST(Method):
         self._epoch_counts = {}
         logs = self._threshold_logs()
         if self.calibrated:
-            if epoch >= self.config.pseudo_label_epoch:
+            if self._relabel_epoch(epoch):
                 logs |= self._calibrate(epoch, features)
             return logs
         if not self._prototype_epoch(epoch):
@@ -177,6 +186,15 @@ class HST(Method):
         return logs
 
     # calibrated pseudo labels ------------------------------------------------------------------------
+    def _relabel_epoch(self, epoch: int) -> bool:
+        """Whether this epoch decides new pseudo labels (calibrated mode)."""
+        c = self.config
+        if epoch < c.pseudo_label_epoch:
+            return False
+        if self.pseudo_targets is None:
+            return True  # first time (or after a resume that carried none)
+        return c.relabel_every > 0 and (epoch - c.pseudo_label_epoch) % c.relabel_every == 0
+
     def _gather_sorted(self, rows: torch.Tensor, *arrays: torch.Tensor) -> list[np.ndarray]:
         """Rows of every process in dataset-row order (each process scored its own share)."""
         group = self.collective
@@ -194,6 +212,10 @@ class HST(Method):
         nan = float("nan")
         parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("rows", "labels", "full", "prob", "ist", "semantic")}
         positives: tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]] = ([], [], [])
+        negatives: tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]] = ([], [], [])
+        if c.cst_scores not in CST_SCORES:
+            raise ValueError(f"method.cst_scores must be one of {CST_SCORES}, got {c.cst_scores!r}")
+        neighbours = c.cst_scores == "neighbours"
         kept = 0
         for batch in features("train"):
             parts["rows"].append(batch.indices.long())
@@ -210,6 +232,11 @@ class HST(Method):
                 positives[0].append(batch.semantic[rows, classes].float())
                 positives[1].append(classes)
                 positives[2].append(batch.indices.to(classes.device)[rows])
+                if neighbours:
+                    rows, classes = torch.nonzero(batch.labels < 0, as_tuple=True)
+                    negatives[0].append(batch.semantic[rows, classes].float())
+                    negatives[1].append(classes)
+                    negatives[2].append(batch.indices.to(classes.device)[rows])
                 # Small splits keep their features for the CST scores; large ones are read a second time.
                 kept += batch.semantic.numel()
                 if kept <= CALIBRATION_KEEP_ELEMENTS:
@@ -229,7 +256,13 @@ class HST(Method):
                 semantic_batches = zip(parts["rows"], parts["semantic"], strict=True)
             else:
                 semantic_batches = ((b.indices.long(), b.semantic.float()) for b in features("train"))
-            parts["cst"] = [self._cross_fitted_cst(rows, semantic, folds) for rows, semantic in semantic_batches]
+            if neighbours:
+                bank = self._neighbour_bank(positives, negatives)
+                parts["cst"] = [
+                    neighbour_scores(semantic, rows, bank, c.neighbours) for rows, semantic in semantic_batches
+                ]
+            else:
+                parts["cst"] = [self._cross_fitted_cst(rows, semantic, folds) for rows, semantic in semantic_batches]
         else:
             parts["cst"] = [torch.full_like(prob, nan) for prob in parts["prob"]]
         parts.pop("semantic")
@@ -243,10 +276,11 @@ class HST(Method):
         scores: dict[str, np.ndarray] = {}
         thresholds: dict[str, ClassThresholds] = {}
         settings = (c.target_precision, c.negative_precision, c.calibration_min_positives)
+        z = c.calibration_z
         if c.use_ist:
-            scores["ist"], thresholds["ist"] = ist, calibrate(ist, labels, *settings)
+            scores["ist"], thresholds["ist"] = ist, calibrate(ist, labels, *settings, pooled=c.pooled_calibration, z=z)
         if c.use_cst:
-            scores["cst"], thresholds["cst"] = cst, calibrate(cst, labels, *settings)
+            scores["cst"], thresholds["cst"] = cst, calibrate(cst, labels, *settings, pooled=c.pooled_calibration, z=z)
         if c.classifier_evidence:
             # The classifier was fit to the training split's known entries; its validation scores are unbiased.
             val_probs, val_labels = [], []
@@ -259,7 +293,7 @@ class HST(Method):
                 vp = self.collective.gather_rows(torch.cat(val_probs).to(device)).cpu().numpy()
                 vl = self.collective.gather_rows(torch.cat(val_labels).to(device)).cpu().numpy()
                 scores["classifier"] = prob
-                thresholds["classifier"] = calibrate(vp, vl, *settings, pooled=True)
+                thresholds["classifier"] = calibrate(vp, vl, *settings, pooled=True, z=z)
         decision = decide(labels, scores, thresholds, rank_by=prob, negatives=c.pseudo_negatives)
         table = torch.zeros(max(self.num_train, int(rows_np.max()) + 1), self.num_classes, dtype=torch.int8)
         table[torch.from_numpy(rows_np)] = torch.from_numpy(decision.targets)
@@ -275,6 +309,23 @@ class HST(Method):
         if self.prototypes is not None:
             logs["prototype_classes"] = float(self.prototypes.valid.any(dim=1).sum())
         return logs
+
+    def _neighbour_bank(
+        self, positives: tuple[list[torch.Tensor], ...], negatives: tuple[list[torch.Tensor], ...]
+    ) -> NeighbourBank:
+        """Known-entry features of every process, for nearest-neighbour CST scores."""
+        device = self.intra_threshold.device
+        flat = []
+        for sign, (feats, classes, rows) in ((1, positives), (-1, negatives)):
+            f = torch.cat(feats).to(device) if feats else torch.zeros(0, self.feature_dim, device=device)
+            k = torch.cat(classes).to(device) if classes else torch.zeros(0, dtype=torch.long, device=device)
+            r = torch.cat(rows).to(device) if rows else torch.zeros(0, dtype=torch.long, device=device)
+            flat.append((f, k, r, torch.full_like(k, sign)))
+        f, k, r, signs = (torch.cat(parts) for parts in zip(*flat, strict=True))
+        group = self.collective
+        if group.world_size > 1:
+            f, k, r, signs = (group.gather_rows(t) for t in (f, k, r, signs))
+        return NeighbourBank.from_entries(f, k, r, signs, self.num_classes)
 
     @staticmethod
     def _cross_fitted_cst(
@@ -354,9 +405,7 @@ class HST(Method):
                 inter_bce = partial_bce(logits, pseudo)
                 dtl = threshold_loss(clamped, labels)
                 proto = prototype_loss(semantic, labels, self.prototypes, published_sign=c.published_prototype_sign)
-                loss = (
-                    loss + c.inter_pseudo_weight * inter_bce + c.inter_dtl_weight * dtl + c.prototype_weight * proto
-                )
+                loss = loss + c.inter_pseudo_weight * inter_bce + c.inter_dtl_weight * dtl + c.prototype_weight * proto
                 logs |= {"inter_bce": float(inter_bce.detach()), "inter_dtl": float(dtl.detach())}
                 logs |= {"prototype": float(proto.detach())}
                 logs |= pseudo_label_logs("inter", labels, pseudo, ctx.full_labels)

@@ -22,13 +22,32 @@ NO_THRESHOLD_LOW = -np.inf
 """A negative threshold nothing stays under (the class gets no pseudo negatives)."""
 
 
-def positive_threshold(scores: np.ndarray, positive: np.ndarray, target: float, min_positives: int) -> float:
+def precision_bound(correct: np.ndarray, count: np.ndarray, z: float) -> np.ndarray:
+    """Lower confidence bound of a precision ``correct / count``: the Wilson score bound at ``z`` standard
+    deviations, or ``correct / (count + 1)`` (one unseen miss assumed) when ``z`` is 0.
+
+    Either way a handful of lucky hits does not pass a high target; the Wilson bound also widens with fewer
+    entries, which counters picking the luckiest of many cut points on a small calibration set.
+    """
+    correct, count = np.asarray(correct, dtype=float), np.asarray(count, dtype=float)
+    if z <= 0:
+        return correct / (count + 1)
+    n = np.maximum(count, 1.0)
+    p = correct / n
+    z2 = z * z
+    centre = p + z2 / (2 * n)
+    spread = z * np.sqrt(np.maximum(p * (1 - p) / n + z2 / (4 * n * n), 0.0))
+    return (centre - spread) / (1 + z2 / n)
+
+
+def positive_threshold(
+    scores: np.ndarray, positive: np.ndarray, target: float, min_positives: int, z: float = 0.0
+) -> float:
     """The lowest score ``t`` such that the known entries scoring ``≥ t`` are at least ``target`` precise.
 
-    ``scores``/``positive``: the scored known entries of one class (NaN scores are ignored). Precision is
-    estimated as ``TP / (k + 1)`` over the top ``k`` entries (one unseen negative assumed, so a handful of
-    lucky positives does not pass), and at least ``min_positives`` true positives must lie above ``t``.
-    Returns ``inf`` when no threshold qualifies.
+    ``scores``/``positive``: the scored known entries of one class (NaN scores are ignored). Precision over
+    the top ``k`` entries is estimated by :func:`precision_bound` (``z``), and at least ``min_positives`` true
+    positives must lie above ``t``. Returns ``inf`` when no threshold qualifies.
     """
     scored = ~np.isnan(scores)
     s, pos = scores[scored], positive[scored].astype(bool)
@@ -37,7 +56,7 @@ def positive_threshold(scores: np.ndarray, positive: np.ndarray, target: float, 
     order = np.argsort(-s, kind="stable")
     s, pos = s[order], pos[order]
     true_pos = np.cumsum(pos)
-    precision = true_pos / (np.arange(1, len(s) + 1) + 1)
+    precision = precision_bound(true_pos, np.arange(1, len(s) + 1), z)
     # Only cut between distinct scores: equal scores share one decision.
     cut = np.append(s[:-1] > s[1:], True)
     ok = cut & (precision >= target) & (true_pos >= min_positives)
@@ -46,11 +65,13 @@ def positive_threshold(scores: np.ndarray, positive: np.ndarray, target: float, 
     return float(s[np.flatnonzero(ok)[-1]])
 
 
-def negative_threshold(scores: np.ndarray, positive: np.ndarray, target: float, min_negatives: int = 20) -> float:
+def negative_threshold(
+    scores: np.ndarray, positive: np.ndarray, target: float, min_negatives: int = 20, z: float = 0.0
+) -> float:
     """The highest score ``t`` such that the known entries scoring ``≤ t`` are at least ``target`` negative.
 
-    Precision of negatives is estimated as ``TN / (k + 1)`` over the lowest ``k`` entries, with at least
-    ``min_negatives`` of them. Returns ``-inf`` when no threshold qualifies.
+    Precision of negatives over the lowest ``k`` entries is estimated by :func:`precision_bound` (``z``), with
+    at least ``min_negatives`` of them. Returns ``-inf`` when no threshold qualifies.
     """
     scored = ~np.isnan(scores)
     s, neg = scores[scored], ~positive[scored].astype(bool)
@@ -59,7 +80,7 @@ def negative_threshold(scores: np.ndarray, positive: np.ndarray, target: float, 
     order = np.argsort(s, kind="stable")
     s, neg = s[order], neg[order]
     true_neg = np.cumsum(neg)
-    precision = true_neg / (np.arange(1, len(s) + 1) + 1)
+    precision = precision_bound(true_neg, np.arange(1, len(s) + 1), z)
     cut = np.append(s[:-1] < s[1:], True)
     ok = cut & (precision >= target) & (true_neg >= min_negatives)
     if not ok.any():
@@ -85,13 +106,14 @@ def calibrate(
     negative_precision: float,
     min_positives: int,
     pooled: bool = False,
+    z: float = 0.0,
 ) -> ClassThresholds:
     """Thresholds per class from the known entries of ``labels`` (N×C, +1/−1/0) and their ``scores`` (N×C,
     NaN = not scored).
 
     ``pooled``: one threshold for all classes from the known entries of all classes together (for scores
     on a common scale, such as probabilities, when each class has too few known entries on its own); a class
-    with enough known positives still gets its own.
+    with enough known positives still gets its own. ``z``: see :func:`precision_bound`.
     """
     num_classes = scores.shape[1]
     known = labels != 0
@@ -99,12 +121,12 @@ def calibrate(
     negative = np.full(num_classes, NO_THRESHOLD_LOW)
     for c in range(num_classes):
         rows = known[:, c]
-        positive[c] = positive_threshold(scores[rows, c], labels[rows, c] > 0, target_precision, min_positives)
-        negative[c] = negative_threshold(scores[rows, c], labels[rows, c] > 0, negative_precision)
+        positive[c] = positive_threshold(scores[rows, c], labels[rows, c] > 0, target_precision, min_positives, z=z)
+        negative[c] = negative_threshold(scores[rows, c], labels[rows, c] > 0, negative_precision, z=z)
     if pooled:
         all_scores, all_positive = scores[known], labels[known] > 0
-        shared_pos = positive_threshold(all_scores, all_positive, target_precision, min_positives)
-        shared_neg = negative_threshold(all_scores, all_positive, negative_precision)
+        shared_pos = positive_threshold(all_scores, all_positive, target_precision, min_positives, z=z)
+        shared_neg = negative_threshold(all_scores, all_positive, negative_precision, z=z)
         few = (labels > 0).sum(0) < min_positives
         positive = np.where(few & np.isinf(positive), shared_pos, positive)
         negative = np.where(few & np.isinf(negative), shared_neg, negative)

@@ -62,7 +62,11 @@ class _PairReluDot(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: FunctionCtx, alpha: Tensor, beta: Tensor, weight: Tensor, blocks: list[tuple[int, int]],
+        ctx: FunctionCtx,
+        alpha: Tensor,
+        beta: Tensor,
+        weight: Tensor,
+        blocks: list[tuple[int, int]],
         kernel: str = "eager",
     ) -> Tensor:
         num, batch, dim = alpha.shape

@@ -8,17 +8,31 @@ import sys
 
 def add_review_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="checkpoint file written by hst train (checkpoints/best.ckpt)")
-    parser.add_argument("partial_labels", help="CSV manifest with 1/-1/empty labels and image files "
-                                               "(as hst make-partial writes); it is never written")
-    parser.add_argument("--out", required=True,
-                        help="reviewed CSV manifest, rewritten at every decision; OUT.decisions.jsonl is the "
-                             "decision log. If both exist the review resumes")
+    parser.add_argument(
+        "partial_labels",
+        help="CSV manifest with 1/-1/empty labels and image files (as hst make-partial writes); it is never written",
+    )
+    parser.add_argument(
+        "--out",
+        required=True,
+        help="reviewed CSV manifest, rewritten at every decision; OUT.decisions.jsonl is the "
+        "decision log. If both exist the review resumes",
+    )
     parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: a free one)")
-    parser.add_argument("--threshold", "--thresholds", dest="threshold", default="auto",
-                        help="decision threshold of the suggestions: auto (tuned per class when the checkpoint "
-                             "has them, else 0.5), tuned, or a probability")
-    parser.add_argument("--no-evidence", dest="no_evidence", action="store_true",
-                        help="use the classifier alone (no IST co-occurrence or CST prototype evidence)")
+    parser.add_argument(
+        "--threshold",
+        "--thresholds",
+        dest="threshold",
+        default="auto",
+        help="decision threshold of the suggestions: auto (tuned per class when the checkpoint "
+        "has them, else 0.5), tuned, or a probability",
+    )
+    parser.add_argument(
+        "--no-evidence",
+        dest="no_evidence",
+        action="store_true",
+        help="use the classifier alone (no IST co-occurrence or CST prototype evidence)",
+    )
     parser.add_argument("--batch-size", dest="batch_size", type=int, default=32, help="images per batch (32)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto (cpu)")
 
