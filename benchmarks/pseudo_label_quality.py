@@ -2,8 +2,9 @@
 
 For each method and known proportion, over the seeds of ``results.csv`` (the runs it reports): the pseudo
 positives used for training at the run's best epoch (count, precision, recall of the hidden positives) and the
-negatives the calibrated sources would assign (the classifier's: count, precision), read from each run's
-``csv/metrics.csv`` (``method/pseudo_*`` keys, logged against the full training labels).
+negatives the calibrated sources would assign (the classifier's, or the joint classifier + CST neighbours
+evidence where used: count, precision), read from each run's ``csv/metrics.csv`` (``method/pseudo_*`` keys,
+logged against the full training labels).
 
     python benchmarks/pseudo_label_quality.py bench/voc2007 --methods hst
 """
@@ -46,8 +47,10 @@ def main() -> None:
     args = parser.parse_args()
     folder = Path(args.folder)
     rows = list(csv.DictReader((folder / "results.csv").open()))
-    print("| method | known | pseudo positives | precision % | recall of hidden positives % | classifier negatives "
-          "| their precision % | runs |")
+    print(
+        "| method | known | pseudo positives | precision % | recall of hidden positives % | classifier negatives "
+        "| their precision % | runs |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for method in args.methods.split(","):
         for proportion in sorted({float(r["proportion"]) for r in rows if r["method"] == method}):
@@ -62,6 +65,9 @@ def main() -> None:
                 print(f"| {method} | {proportion:.0%} | no pseudo-label epoch before the best one | | | | | 0 |")
                 continue
 
+            # With CST neighbours the classifier's evidence is the joint one.
+            negatives = "joint" if any("pseudo_joint_neg_count" in v for v in values) else "classifier"
+
             def mean(key: str, scale: float = 1.0, values: list[dict[str, float]] = values) -> str:
                 found = [v[key] * scale for v in values if key in v]
                 return f"{np.mean(found):.1f}" if found else "—"
@@ -69,8 +75,8 @@ def main() -> None:
             print(
                 f"| {method} | {proportion:.0%} | {mean('pseudo_all_pos_count')} "
                 f"| {mean('pseudo_all_pos_precision', 100)} "
-                f"| {mean('pseudo_all_pos_recall', 100)} | {mean('pseudo_classifier_neg_count')} "
-                f"| {mean('pseudo_classifier_neg_precision', 100)} | {len(values)} |"
+                f"| {mean('pseudo_all_pos_recall', 100)} | {mean(f'pseudo_{negatives}_neg_count')} "
+                f"| {mean(f'pseudo_{negatives}_neg_precision', 100)} | {len(values)} |"
             )
 
 

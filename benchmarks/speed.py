@@ -64,8 +64,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="largest published pair activation B·P·1024 measured outright; default 2^28 on CPU, none on GPU",
     )
     parser.add_argument("--fallback-batches", type=_ints, default=None, help="the two smaller batches; default 4,8")
-    parser.add_argument("--ist-kernel", dest="ist_kernel", choices=["eager", "compiled"], default="compiled",
-                        help="ISTHead kernel measured as 'ours' and used in the hst step (compiled)")
+    parser.add_argument(
+        "--ist-kernel",
+        dest="ist_kernel",
+        choices=["eager", "compiled"],
+        default="compiled",
+        help="ISTHead kernel measured as 'ours' and used in the hst step (compiled)",
+    )
     parser.add_argument("--no-isolate", action="store_true", help="measure (a) in this process (CPU peak less exact)")
     parser.add_argument("--no-profile", action="store_true", help="no profile even when a target is missed")
     parser.add_argument("--profile", action="store_true", help="print the step profiles even when targets are met")
@@ -249,4 +254,3 @@ __all__ = [
 
 if __name__ == "__main__":
     sys.exit(main())
-

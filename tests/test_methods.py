@@ -65,6 +65,7 @@ def _feature_source(split: str = "train") -> Iterator[FeatureBatch]:
             torch.randn(6, CLASSES, DIM, generator=gen),
             labels,
             full,
+            torch.randn(6, 2 * DIM, generator=gen),
         )
 
 
@@ -77,6 +78,7 @@ def test_registry_holds_every_method() -> None:
         "hst",
         "hst_no_ist",
         "hst_no_cst",
+        "hst_no_cst_neighbours",
         "hst_no_dtl",
         "hst_dtl",
         "hst_pseudo_negatives",

@@ -150,7 +150,7 @@ def _source(features: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, 
     def source(split: str = "train") -> Iterator[FeatureBatch]:
         for start in range(0, len(labels), 16):
             rows = torch.arange(start, min(start + 16, len(labels)))
-            yield FeatureBatch(rows, logits[rows], features[rows], labels[rows], full[rows])
+            yield FeatureBatch(rows, logits[rows], features[rows], labels[rows], full[rows], features[rows, 0])
 
     return source
 
@@ -209,3 +209,102 @@ def test_hst_relabel_every_zero_keeps_the_first_decision() -> None:
         logs = method.on_train_epoch_start(2, _source(features, shifted, labels, full))
         assert torch.equal(method.pseudo_targets, first) == same
         assert ("pseudo_all_pos_count" in logs) != same
+
+
+def _loop_margin(query, query_rows, bank, bank_rows, bank_labels, k):
+    """Plain reference of the neighbour margin: per entry, sort the cosines of the allowed neighbours."""
+    out = np.full((len(query), bank_labels.shape[1]), np.nan)
+    for i in range(len(query)):
+        for c in range(bank_labels.shape[1]):
+            side = []
+            for sign in (1, -1):
+                sims = [
+                    float(query[i] @ bank[j])
+                    for j in range(len(bank))
+                    if bank_labels[j, c] == sign and (query_rows is None or bank_rows[j] != query_rows[i])
+                ]
+                side.append(np.mean(sorted(sims, reverse=True)[:k]) if sims else np.nan)
+            out[i, c] = side[0] - side[1]
+    return out
+
+
+@pytest.mark.parametrize("exclude_self", [True, False])
+def test_neighbour_margin_matches_a_loop(exclude_self: bool) -> None:
+    from hst.models.cst import neighbour_margin, standardize_rows
+
+    gen = torch.Generator().manual_seed(3)
+    feats = torch.randn(30, 5, generator=gen)
+    unit = standardize_rows(feats, feats.mean(0), feats.std(0))
+    labels = torch.randint(-1, 2, (30, 4), generator=gen)
+    labels[:, 3] = torch.where(labels[:, 3] > 0, -1, labels[:, 3])  # class 3: no known positive -> NaN
+    labels[0, 2], labels[1:, 2] = 1, 0  # class 2: one positive, no negative -> NaN; row 0 alone is positive
+    rows = torch.arange(30)
+    got = neighbour_margin(unit[:12], rows[:12] if exclude_self else None, unit, rows, labels, k=3).numpy()
+    want = _loop_margin(
+        unit[:12].numpy(), rows[:12].numpy() if exclude_self else None, unit.numpy(), rows.numpy(), labels.numpy(), 3
+    )
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert np.isnan(got[:, 3]).all() and np.isnan(got[:, 2]).all()
+
+
+def test_neighbour_evidence_bank_limit_and_scale() -> None:
+    from hst.methods.neighbour_evidence import _bank_rows, neighbour_evidence
+
+    assert _bank_rows(10, 0).tolist() == list(range(10)) and len(_bank_rows(1000, 64)) == 64
+    rng = np.random.default_rng(0)
+    full = np.where(rng.random((300, 3)) < 0.3, 1, -1)
+    pooled = rng.normal(size=(300, 16)) + (full > 0) @ rng.normal(size=(3, 16)) * 2
+    labels = np.where(rng.random(full.shape) < 0.2, full, 0).astype(np.int8)
+    logits = full * 0.5 + rng.normal(size=full.shape) * 2  # a weak classifier
+    found = neighbour_evidence(pooled[:240], labels[:240], logits[:240], pooled[240:], logits[240:], k=10, bank_limit=0)
+    hidden = labels[:240] == 0
+    from sklearn.metrics import roc_auc_score
+
+    truth = full[:240][hidden] > 0
+    # Clustered images: the margin ranks hidden entries far better than chance, and the joint score beats the
+    # weak classifier alone.
+    assert roc_auc_score(truth, found.margin[hidden]) > 0.9
+    assert roc_auc_score(truth, found.joint[hidden]) > roc_auc_score(truth, logits[:240][hidden]) + 0.05
+    assert found.joint_val.shape == (60, 3) and np.isfinite(found.joint_val).all()
+    no_val = neighbour_evidence(
+        pooled[:240], labels[:240], logits[:240], np.zeros((0, 16)), np.zeros((0, 3)), k=10, bank_limit=100
+    )
+    assert no_val.joint_val.shape == (0, 3) and no_val.margin.shape == (240, 3)
+
+
+def test_hst_joint_evidence_acts_and_needs_pooled_features() -> None:
+    gen = torch.Generator().manual_seed(2)
+    num, classes, dim = 240, 3, 6
+    full = torch.where(torch.rand(num, classes, generator=gen) < 0.3, 1, -1).to(torch.int8)
+    semantic = torch.randn(num, classes, dim, generator=gen)
+    pooled = torch.randn(num, 12, generator=gen) + (full > 0).float() @ (torch.randn(classes, 12, generator=gen) * 3)
+    logits = full * 0.5 + torch.randn(num, classes, generator=gen) * 2
+    labels = torch.where(torch.rand(num, classes, generator=gen) < 0.3, full, torch.zeros_like(full))
+    val_rows = torch.arange(180, 240)
+
+    def source(split: str = "train") -> Iterator[FeatureBatch]:
+        rows = torch.arange(0, 180) if split == "train" else val_rows
+        for start in range(0, len(rows), 32):
+            r = rows[start : start + 32]
+            index = r - (0 if split == "train" else 180)
+            yield FeatureBatch(
+                index, logits[r], semantic[r], (labels if split == "train" else full)[r], full[r], pooled[r]
+            )
+
+    config = MethodConfig(
+        pseudo_label_epoch=0, use_ist=False, prototypes_per_class=2, kmeans_iters=3, cst_neighbours=10
+    )
+    method = create("hst", config, classes, dim, 180)
+    logs = method.on_train_epoch_start(0, source)
+    base_rate = float(((labels[:180] == 0) & (full[:180] > 0)).sum() / (labels[:180] == 0).sum())
+    for name in ("joint", "neighbours"):
+        assert logs[f"pseudo_{name}_pos_count"] > 0
+        assert logs[f"pseudo_{name}_pos_precision"] > base_rate + 0.4
+    assert "pseudo_classifier_pos_count" not in logs  # the joint evidence replaces the classifier's alone
+
+    def no_pooled(split: str = "train") -> Iterator[FeatureBatch]:
+        for batch in source(split):
+            yield batch._replace(pooled=None)
+
+    with pytest.raises(ValueError, match="cst_neighbours needs pooled"):
+        create("hst", config, classes, dim, 180).on_train_epoch_start(0, no_pooled)

@@ -211,10 +211,17 @@ def _ratio(log: MetricsLog, numerator: str, denominator: str) -> tuple[np.ndarra
     return np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
 
 
-_SOURCE_COLORS = {"classifier": "C0", "ist": "C1", "cst": "C2"}
+_SOURCE_COLORS = {"classifier": "C0", "ist": "C1", "cst": "C2", "joint": "C4", "neighbours": "C3"}
 
 
-_CALIBRATED_SOURCES = (("all", "used for training"), ("classifier", "classifier"), ("ist", "IST"), ("cst", "CST"))
+_CALIBRATED_SOURCES = (
+    ("all", "used for training"),
+    ("classifier", "classifier"),
+    ("joint", "classifier + CST neighbours"),
+    ("ist", "IST"),
+    ("cst", "CST prototypes"),
+    ("neighbours", "CST neighbours"),
+)
 
 
 def calibrated_pseudo_figure(log: MetricsLog, path: Path) -> str:

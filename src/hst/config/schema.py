@@ -119,12 +119,12 @@ class MethodConfig:
     unknown_negative_weight: float = 0.0
     """Calibrated mode, before the first pseudo-label epoch: weight of unknown entries taken as negatives
     (0 = known labels only, the default: assume-negative warm-up memorises the hidden positives)."""
-    cst_scores: str = "prototypes"
-    """Calibrated mode, the CST evidence: 'prototypes' (mean cosine to the K-means prototypes of the other half of
-    the images) or 'neighbours' (mean cosine to the nearest known positives minus the nearest known negatives of
-    other images)."""
-    neighbours: int = 10
-    """'neighbours' CST scores: how many nearest known positives (and negatives) are averaged."""
+    cst_neighbours: int = 20
+    """Calibrated mode: CST also scores each unknown entry by the image's this many nearest training images with a
+    known positive of the class against those with a known negative (standardised pooled backbone features), and
+    the classifier's evidence becomes its logit plus this margin, calibrated together (0 = off)."""
+    neighbour_bank: int = 16384
+    """cst_neighbours: at most this many training images (evenly spread) are the neighbours searched."""
     learn_thresholds: bool = True
     """'learned' mode (DTL): learn the IST and CST thresholds; False keeps them at the initial values."""
     intra_threshold: float = 1.0

@@ -111,6 +111,7 @@ class PartialLabelModule(L.LightningModule):
                         output.semantic,
                         labels.to(self.device),
                         full_labels.to(self.device),
+                        output.pooled,
                     )
         finally:
             self.network.train(was_training)

@@ -55,6 +55,8 @@ class FeatureBatch(NamedTuple):
     """B×C labels a user has: partial training labels, or the validation split's (partial) labels."""
     full_labels: torch.Tensor | None
     """B×C ground truth where the dataset has it, for logging pseudo-label quality only; never for training."""
+    pooled: torch.Tensor | None = None
+    """B×F globally pooled backbone features (None where the network gives none)."""
 
 
 FeatureSource = Callable[..., Iterator[FeatureBatch]]

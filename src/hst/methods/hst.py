@@ -31,25 +31,24 @@ from hst.losses import (
     threshold_pseudo_labels,
     weighted_bce,
 )
-from hst.methods.base import Evidence, FeatureSource, LossOutput, Method, StepContext
+from hst.methods.base import Evidence, FeatureBatch, FeatureSource, LossOutput, Method, StepContext
+from hst.methods.neighbour_evidence import neighbour_evidence
 from hst.methods.semantic_transfer import cooccurrence_term, known_and_cooccurrence_loss, pseudo_label_logs
 from hst.methods.thresholds import ClassThresholds, calibrate, decide, quality
-from hst.models.cst import (
-    NeighbourBank,
-    Prototypes,
-    inter_scores,
-    neighbour_scores,
-    prototype_similarity,
-    prototypes_from_lists,
-)
+from hst.models.cst import Prototypes, inter_scores, prototype_similarity, prototypes_from_lists
 from hst.models.ist import ISTHead, intra_scores, intra_scores_leave_one_out
 from hst.models.network import NetworkOutput
 
 THRESHOLD_MODES = ("calibrated", "learned", "fixed")
-CST_SCORES = ("prototypes", "neighbours")
 CALIBRATION_KEEP_ELEMENTS = 2**26
 """Semantic features of the training split up to this many floats (256 MiB) stay in memory between the two
 uses of a calibration pass; larger splits are read twice instead."""
+
+
+def _pooled_of(batch: FeatureBatch) -> torch.Tensor:
+    if batch.pooled is None:
+        raise ValueError("method.cst_neighbours needs pooled backbone features, which this network does not give")
+    return batch.pooled.float()
 
 
 class HST(Method):
@@ -210,19 +209,20 @@ class HST(Method):
         entries, and fix this epoch's pseudo labels (``self.pseudo_targets``)."""
         c = self.config
         nan = float("nan")
-        parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("rows", "labels", "full", "prob", "ist", "semantic")}
+        parts: dict[str, list[torch.Tensor]] = {
+            k: [] for k in ("rows", "labels", "full", "logit", "ist", "semantic", "pooled")
+        }
         positives: tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]] = ([], [], [])
-        negatives: tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]] = ([], [], [])
-        if c.cst_scores not in CST_SCORES:
-            raise ValueError(f"method.cst_scores must be one of {CST_SCORES}, got {c.cst_scores!r}")
-        neighbours = c.cst_scores == "neighbours"
+        neighbours = c.use_cst and c.cst_neighbours > 0
         kept = 0
         for batch in features("train"):
             parts["rows"].append(batch.indices.long())
             parts["labels"].append(batch.labels.to(torch.int8))
             full = batch.full_labels if batch.full_labels is not None else torch.zeros_like(batch.labels)
             parts["full"].append(full.to(torch.int8))
-            parts["prob"].append(torch.sigmoid(batch.logits.float()))
+            parts["logit"].append(batch.logits.float())
+            if neighbours:
+                parts["pooled"].append(_pooled_of(batch))
             if self.ist_head is not None:
                 parts["ist"].append(intra_scores_leave_one_out(self.ist_head(batch.semantic), batch.labels).float())
             else:
@@ -232,11 +232,6 @@ class HST(Method):
                 positives[0].append(batch.semantic[rows, classes].float())
                 positives[1].append(classes)
                 positives[2].append(batch.indices.to(classes.device)[rows])
-                if neighbours:
-                    rows, classes = torch.nonzero(batch.labels < 0, as_tuple=True)
-                    negatives[0].append(batch.semantic[rows, classes].float())
-                    negatives[1].append(classes)
-                    negatives[2].append(batch.indices.to(classes.device)[rows])
                 # Small splits keep their features for the CST scores; large ones are read a second time.
                 kept += batch.semantic.numel()
                 if kept <= CALIBRATION_KEEP_ELEMENTS:
@@ -256,23 +251,18 @@ class HST(Method):
                 semantic_batches = zip(parts["rows"], parts["semantic"], strict=True)
             else:
                 semantic_batches = ((b.indices.long(), b.semantic.float()) for b in features("train"))
-            if neighbours:
-                bank = self._neighbour_bank(positives, negatives)
-                parts["cst"] = [
-                    neighbour_scores(semantic, rows, bank, c.neighbours) for rows, semantic in semantic_batches
-                ]
-            else:
-                parts["cst"] = [self._cross_fitted_cst(rows, semantic, folds) for rows, semantic in semantic_batches]
+            parts["cst"] = [self._cross_fitted_cst(rows, semantic, folds) for rows, semantic in semantic_batches]
         else:
-            parts["cst"] = [torch.full_like(prob, nan) for prob in parts["prob"]]
+            parts["cst"] = [torch.full_like(logit, nan) for logit in parts["logit"]]
         parts.pop("semantic")
         if not parts["rows"]:
             return {}
-        cat = {k: torch.cat(v) for k, v in parts.items()}
-        rows_np, labels, full, prob, ist, cst = self._gather_sorted(
-            cat["rows"], cat["labels"], cat["full"], cat["prob"], cat["ist"], cat["cst"]
-        )
-        labels = labels.astype(np.int8)
+        cat = {k: torch.cat(v) for k, v in parts.items() if v}
+        names = ["labels", "full", "logit", "ist", "cst", *(["pooled"] if neighbours else [])]
+        rows_np, *gathered = self._gather_sorted(cat["rows"], *(cat[name] for name in names))
+        train = dict(zip(names, gathered, strict=True))
+        labels, full, ist, cst = train["labels"].astype(np.int8), train["full"], train["ist"], train["cst"]
+        prob = 1.0 / (1.0 + np.exp(-train["logit"]))
         scores: dict[str, np.ndarray] = {}
         thresholds: dict[str, ClassThresholds] = {}
         settings = (c.target_precision, c.negative_precision, c.calibration_min_positives)
@@ -281,20 +271,31 @@ class HST(Method):
             scores["ist"], thresholds["ist"] = ist, calibrate(ist, labels, *settings, pooled=c.pooled_calibration, z=z)
         if c.use_cst:
             scores["cst"], thresholds["cst"] = cst, calibrate(cst, labels, *settings, pooled=c.pooled_calibration, z=z)
-        if c.classifier_evidence:
+        rank_by = prob
+        if c.classifier_evidence or neighbours:
             # The classifier was fit to the training split's known entries; its validation scores are unbiased.
-            val_probs, val_labels = [], []
-            for batch in features("val"):
-                val_probs.append(torch.sigmoid(batch.logits.float()).cpu())
-                val_labels.append(batch.labels.to(torch.int8).cpu())
-            if val_probs:
-                device = self.intra_threshold.device
-                # Under data parallelism every process calibrates on the whole validation split, so all agree.
-                vp = self.collective.gather_rows(torch.cat(val_probs).to(device)).cpu().numpy()
-                vl = self.collective.gather_rows(torch.cat(val_labels).to(device)).cpu().numpy()
+            val = self._validation_pass(features, with_pooled=neighbours)
+            if neighbours and len(train["pooled"]) == len(rows_np):
+                found = neighbour_evidence(
+                    train["pooled"],
+                    labels,
+                    train["logit"],
+                    val["pooled"],
+                    val["logit"],
+                    c.cst_neighbours,
+                    c.neighbour_bank,
+                )
+                # Leave-one-out margins of known entries: calibrated on the training split like IST and CST.
+                scores["neighbours"] = found.margin
+                thresholds["neighbours"] = calibrate(found.margin, labels, *settings, z=z)
+                if c.classifier_evidence and len(val["labels"]):
+                    scores["joint"], rank_by = found.joint, found.joint
+                    thresholds["joint"] = calibrate(found.joint_val, val["labels"], *settings, pooled=True, z=z)
+            elif c.classifier_evidence and len(val["labels"]):
+                vp = 1.0 / (1.0 + np.exp(-val["logit"]))
                 scores["classifier"] = prob
-                thresholds["classifier"] = calibrate(vp, vl, *settings, pooled=True, z=z)
-        decision = decide(labels, scores, thresholds, rank_by=prob, negatives=c.pseudo_negatives)
+                thresholds["classifier"] = calibrate(vp, val["labels"], *settings, pooled=True, z=z)
+        decision = decide(labels, scores, thresholds, rank_by=rank_by, negatives=c.pseudo_negatives)
         table = torch.zeros(max(self.num_train, int(rows_np.max()) + 1), self.num_classes, dtype=torch.int8)
         table[torch.from_numpy(rows_np)] = torch.from_numpy(decision.targets)
         self.pseudo_targets = table.to(self.intra_threshold.device)
@@ -310,22 +311,23 @@ class HST(Method):
             logs["prototype_classes"] = float(self.prototypes.valid.any(dim=1).sum())
         return logs
 
-    def _neighbour_bank(
-        self, positives: tuple[list[torch.Tensor], ...], negatives: tuple[list[torch.Tensor], ...]
-    ) -> NeighbourBank:
-        """Known-entry features of every process, for nearest-neighbour CST scores."""
+    def _validation_pass(self, features: FeatureSource, with_pooled: bool) -> dict[str, np.ndarray]:
+        """Logits, labels (and pooled features) of the whole validation split, the same on every process."""
+        parts: dict[str, list[torch.Tensor]] = {"logit": [], "labels": [], "pooled": []}
+        for batch in features("val"):
+            parts["logit"].append(batch.logits.float())
+            parts["labels"].append(batch.labels.to(torch.int8))
+            if with_pooled:
+                parts["pooled"].append(_pooled_of(batch))
         device = self.intra_threshold.device
-        flat = []
-        for sign, (feats, classes, rows) in ((1, positives), (-1, negatives)):
-            f = torch.cat(feats).to(device) if feats else torch.zeros(0, self.feature_dim, device=device)
-            k = torch.cat(classes).to(device) if classes else torch.zeros(0, dtype=torch.long, device=device)
-            r = torch.cat(rows).to(device) if rows else torch.zeros(0, dtype=torch.long, device=device)
-            flat.append((f, k, r, torch.full_like(k, sign)))
-        f, k, r, signs = (torch.cat(parts) for parts in zip(*flat, strict=True))
-        group = self.collective
-        if group.world_size > 1:
-            f, k, r, signs = (group.gather_rows(t) for t in (f, k, r, signs))
-        return NeighbourBank.from_entries(f, k, r, signs, self.num_classes)
+        out: dict[str, np.ndarray] = {}
+        for name, values in parts.items():
+            if not values:
+                out[name] = np.zeros((0, self.num_classes), dtype=np.float32)
+                continue
+            # Under data parallelism every process calibrates on the whole validation split, so all agree.
+            out[name] = self.collective.gather_rows(torch.cat(values).to(device)).cpu().numpy()
+        return out
 
     @staticmethod
     def _cross_fitted_cst(

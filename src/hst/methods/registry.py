@@ -27,8 +27,8 @@ METHODS: dict[str, MethodFactory] = {
     "hst": HST,
     "hst_no_ist": _variant(HST, use_ist=False),
     "hst_no_cst": _variant(HST, use_cst=False),
-    # Without DTL the thresholds stay where they start; 1.0 would yield no pseudo labels at all, so the
-    # ablation fixes them at SST's final value.
+    # CST by prototypes only: no image-level neighbours, the classifier's evidence alone.
+    "hst_no_cst_neighbours": _variant(HST, cst_neighbours=0),
     "hst_pseudo_negatives": _variant(HST, pseudo_negatives=True),
     "hst_no_classifier_evidence": _variant(HST, classifier_evidence=False),
     # The published method: thresholds learned by DTL from 1.0, positive pseudo labels only.

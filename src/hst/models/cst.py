@@ -214,68 +214,39 @@ def inter_scores(semantic: Tensor, prototypes: Prototypes) -> Tensor:
     return similarity.masked_fill(~available, float("-inf"))
 
 
-@dataclass
-class NeighbourBank:
-    """Per-class features of known entries for nearest-neighbour CST scores, padded to ``C×P×D``.
+def standardize_rows(features: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+    """Per-dimension standardisation (statistics of the training images), then unit length per row."""
+    z = (features.float() - mean) / std.clamp_min(1e-6)
+    return z / z.norm(dim=1, keepdim=True).clamp_min(COSINE_EPS)
 
-    ``positive``/``negative`` hold the semantic features of known positives / negatives of each class, with the
-    dataset ``rows`` they came from (``-1`` = padding), so that an image is never its own neighbour.
+
+def neighbour_margin(
+    query: Tensor, query_rows: Tensor | None, bank: Tensor, bank_rows: Tensor, bank_labels: Tensor, k: int
+) -> Tensor:
+    """Image-level CST score ``B×C``: the mean cosine of each query image to its ``k`` most similar bank images with
+    a known positive of the class, minus the same over bank images with a known negative.
+
+    ``query`` ``B×F`` and ``bank`` ``M×F`` are unit rows (:func:`standardize_rows`); ``bank_labels`` ``M×C``
+    (+1 / −1 / 0). With ``query_rows`` given, a bank image of the same row is never a neighbour, so the score of a
+    known entry does not depend on its own label (thresholds are calibrated on known entries). NaN where the bank
+    has no known positive or no known negative of the class.
     """
-
-    positive: Tensor
-    positive_rows: Tensor
-    negative: Tensor
-    negative_rows: Tensor
-
-    @classmethod
-    def from_entries(
-        cls, feats: Tensor, classes: Tensor, rows: Tensor, signs: Tensor, num_classes: int
-    ) -> NeighbourBank:
-        """Bank from flat known entries: ``feats`` ``M×D``, their ``classes``, dataset ``rows`` and ``signs`` (±1)."""
-        banks = []
-        for sign in (1, -1):
-            chosen = signs == sign
-            f, c, r = feats[chosen], classes[chosen], rows[chosen]
-            order = torch.argsort(c * (int(r.max()) + 1 if len(r) else 1) + r)  # class-major, rows ascending
-            f, c, r = f[order], c[order], r[order]
-            counts = torch.bincount(c, minlength=num_classes)
-            width = max(int(counts.max()) if len(counts) else 0, 1)
-            padded = torch.zeros(num_classes, width, feats.shape[1], dtype=feats.dtype, device=feats.device)
-            padded_rows = torch.full((num_classes, width), -1, dtype=torch.long, device=feats.device)
-            slot = torch.arange(len(c), device=feats.device) - torch.cumsum(counts, 0)[c] + counts[c]
-            padded[c, slot] = f
-            padded_rows[c, slot] = r
-            banks += [padded / padded.norm(dim=2, keepdim=True).clamp_min(COSINE_EPS), padded_rows]
-        return cls(*banks)
-
-    def to(self, device: torch.device | str) -> NeighbourBank:
-        return NeighbourBank(
-            *(t.to(device) for t in (self.positive, self.positive_rows, self.negative, self.negative_rows))
-        )
-
-
-def _top_k_mean(cosine: Tensor, usable: Tensor, k: int) -> Tensor:
-    """Mean of the ``k`` largest usable entries along the last axis (fewer if fewer are usable; NaN if none)."""
-    k = min(k, cosine.shape[-1])
-    top = torch.topk(cosine.masked_fill(~usable, float("-inf")), k, dim=-1).values
-    finite = torch.isfinite(top)
-    total = torch.where(finite, top, torch.zeros_like(top)).sum(-1)
-    count = finite.sum(-1)
-    return torch.where(count > 0, total / count.clamp_min(1), torch.full_like(total, float("nan")))
-
-
-def neighbour_scores(semantic: Tensor, rows: Tensor, bank: NeighbourBank, k: int) -> Tensor:
-    """Nearest-neighbour CST score ``B×C``: mean cosine of an image's class feature to its ``k`` most similar known
-    positives of that class minus the same over known negatives, other images only (NaN where either is empty).
-
-    Excluding the image itself makes the score of a known entry independent of its own label, so thresholds can be
-    calibrated on the known entries (leave-one-out).
-    """
-    feats = semantic / semantic.norm(dim=2, keepdim=True).clamp_min(COSINE_EPS)
-    rows = rows.to(semantic.device)[:, None, None]
-    out = []
-    for bank_feats, bank_rows in ((bank.positive, bank.positive_rows), (bank.negative, bank.negative_rows)):
-        cosine = torch.einsum("bcd,cpd->bcp", feats, bank_feats.to(feats.device, feats.dtype))
-        usable = (bank_rows[None] >= 0) & (bank_rows[None] != rows)
-        out.append(_top_k_mean(cosine, usable, k))
-    return out[0] - out[1]
+    cosine = query @ bank.t()
+    if query_rows is not None:
+        same = query_rows.to(cosine.device)[:, None] == bank_rows.to(cosine.device)[None, :]
+        cosine = cosine.masked_fill(same, float("-inf"))
+    num_classes = bank_labels.shape[1]
+    sides = []
+    for sign in (1, -1):
+        side = torch.full((len(query), num_classes), float("nan"), device=cosine.device)
+        for c in range(num_classes):
+            columns = torch.nonzero(bank_labels[:, c] == sign).squeeze(1)
+            if len(columns) == 0:
+                continue
+            top = torch.topk(cosine[:, columns], min(k, len(columns)), dim=1).values
+            finite = torch.isfinite(top)
+            total = torch.where(finite, top, torch.zeros_like(top)).sum(1)
+            count = finite.sum(1)
+            side[:, c] = torch.where(count > 0, total / count.clamp_min(1), torch.full_like(total, float("nan")))
+        sides.append(side)
+    return sides[0] - sides[1]

@@ -19,6 +19,8 @@ class NetworkOutput(NamedTuple):
     """B×C class logits (the prediction)."""
     semantic: torch.Tensor
     """B×C×D pre-GNN category features (what IST and CST work on)."""
+    pooled: torch.Tensor | None = None
+    """B×F globally average-pooled backbone features (image-level CST neighbours work on them)."""
 
 
 class LinearHead(nn.Module):
@@ -100,14 +102,15 @@ class PartialLabelNetwork(nn.Module):
         """
         if isinstance(self.sarl, LinearHead):
             logits = self.sarl(feature_map)
-            return NetworkOutput(logits, logits.new_zeros(logits.shape[0], logits.shape[1], 0))
+            empty = logits.new_zeros(logits.shape[0], logits.shape[1], 0)
+            return NetworkOutput(logits, empty, feature_map.float().mean(dim=(2, 3)))
         assert self.reducer is not None
         out = self.sarl(self.reducer(feature_map, pooled=pooled))
         logits = out.logits if self.sarl_gate is None else out.logits * self.sarl_gate
         if self.linear is not None:
             # Averaging a 2×2-pooled map equals averaging the full map, so either input gives the same probe.
             logits = logits + self.linear(feature_map)
-        return NetworkOutput(logits, out.semantic)
+        return NetworkOutput(logits, out.semantic, feature_map.float().mean(dim=(2, 3)))
 
     def forward(self, images: torch.Tensor) -> NetworkOutput:
         return self.head(self.feature_map(images))
