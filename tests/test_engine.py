@@ -100,8 +100,11 @@ def test_shipped_defaults_make_pseudo_labels_at_the_default_size(tmp_path: Path)
     assert float(last["method/pseudo_all_pos_count"]) > 0.1 * hidden_pos
     assert float(last["method/pseudo_all_pos_precision"]) > base_rate + 0.5
     # Negative evidence is calibrated too (used when method.pseudo_negatives=true): far purer than the unknowns.
-    assert float(last["method/pseudo_classifier_neg_count"]) > 0.3 * (hidden - hidden_pos)
-    assert float(last["method/pseudo_classifier_neg_precision"]) > 1 - base_rate / 3
+    assert float(last["method/pseudo_joint_neg_count"]) > 0.3 * (hidden - hidden_pos)
+    assert float(last["method/pseudo_joint_neg_precision"]) > 1 - base_rate / 3
+    # The image-level CST neighbours act on their own too.
+    assert float(last["method/pseudo_neighbours_pos_count"]) > 0.05 * hidden_pos
+    assert float(last["method/pseudo_neighbours_pos_precision"]) > base_rate + 0.5
 
 
 def test_thresholds_get_their_own_param_group(tmp_path: Path) -> None:

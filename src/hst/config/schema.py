@@ -67,9 +67,6 @@ class ModelConfig:
     linear_residual: bool = True
     """SARL head: add a linear classifier of the standardised, globally pooled backbone features to the SARL
     logits, so the head contains the linear probe; False = the published head."""
-    sarl_gate: bool = False
-    """With linear_residual: scale the SARL logits by a learned scalar that starts at 0, so training starts from
-    the linear probe and the SARL part grows only as far as it helps."""
     standardize_pooled: bool = True
     """Standardise pooled features per dimension (BatchNorm without affine) before the linear classifier."""
     prior_bias: bool = True
@@ -101,9 +98,6 @@ class MethodConfig:
     """Calibrated mode: pseudo labels are decided anew every this many epochs from pseudo_label_epoch on (0 = once,
     by the model that has seen known labels only; later decisions score entries the model was trained to call
     positive, which lowers their precision)."""
-    pooled_calibration: bool = False
-    """Calibrated mode: IST and CST classes with fewer than calibration_min_positives known positives share one
-    threshold calibrated on the known entries of all classes (the classifier's is always pooled this way)."""
     calibration_z: float = 0.0
     """Calibrated thresholds: precision on the known entries is a Wilson lower bound at this many standard
     deviations (0: ``TP / (k + 1)``), so that a lucky stretch of a small calibration set does not pass."""

@@ -268,9 +268,9 @@ class HST(Method):
         settings = (c.target_precision, c.negative_precision, c.calibration_min_positives)
         z = c.calibration_z
         if c.use_ist:
-            scores["ist"], thresholds["ist"] = ist, calibrate(ist, labels, *settings, pooled=c.pooled_calibration, z=z)
+            scores["ist"], thresholds["ist"] = ist, calibrate(ist, labels, *settings, z=z)
         if c.use_cst:
-            scores["cst"], thresholds["cst"] = cst, calibrate(cst, labels, *settings, pooled=c.pooled_calibration, z=z)
+            scores["cst"], thresholds["cst"] = cst, calibrate(cst, labels, *settings, z=z)
         rank_by = prob
         if c.classifier_evidence or neighbours:
             # The classifier was fit to the training split's known entries; its validation scores are unbiased.

@@ -61,7 +61,6 @@ class PartialLabelNetwork(nn.Module):
         sarl: SARL | LinearHead,
         channels_last: bool = False,
         linear: LinearHead | None = None,
-        sarl_gate: bool = False,
     ) -> None:
         super().__init__()
         self.channels_last = channels_last
@@ -72,8 +71,6 @@ class PartialLabelNetwork(nn.Module):
         self.sarl = sarl
         self.linear = linear
         """The linear-probe residual of the SARL head (None: the published head)."""
-        self.sarl_gate = nn.Parameter(torch.zeros(())) if sarl_gate and linear is not None else None
-        """Learned scale of the SARL logits beside the linear residual (None: 1)."""
         self.feature_dim = reducer.out_channels if reducer is not None else backbone.num_features
 
     def init_class_bias(self, prior: np.ndarray) -> None:
@@ -106,7 +103,7 @@ class PartialLabelNetwork(nn.Module):
             return NetworkOutput(logits, empty, feature_map.float().mean(dim=(2, 3)))
         assert self.reducer is not None
         out = self.sarl(self.reducer(feature_map, pooled=pooled))
-        logits = out.logits if self.sarl_gate is None else out.logits * self.sarl_gate
+        logits = out.logits
         if self.linear is not None:
             # Averaging a 2×2-pooled map equals averaging the full map, so either input gives the same probe.
             logits = logits + self.linear(feature_map)
@@ -146,4 +143,4 @@ def build_network(
         if config.linear_residual
         else None
     )
-    return PartialLabelNetwork(backbone, reducer, sarl, config.channels_last, linear, config.sarl_gate)
+    return PartialLabelNetwork(backbone, reducer, sarl, config.channels_last, linear)
