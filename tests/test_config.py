@@ -60,3 +60,15 @@ def test_unknown_section_suggests_the_full_dotted_key() -> None:
         resolve_config(TrainConfig, None, ["dat.proportion=0.3"])
     with pytest.raises(ConfigError, match=r"'data\.proportion' is a value, not a section"):
         resolve_config(TrainConfig, None, ["data.proportion.x=1"])
+
+
+def test_retired_keys_load_at_their_off_value_only(tmp_path: Path) -> None:
+    from hst.config import TrainConfig, resolve_config
+    from hst.config.loader import ConfigError
+
+    saved = tmp_path / "config.yaml"
+    saved.write_text("model:\n  sarl_gate: false\nmethod:\n  pooled_calibration: false\n  cst_neighbours: 7\n")
+    assert resolve_config(TrainConfig, saved).method.cst_neighbours == 7
+    saved.write_text("model:\n  sarl_gate: true\n")
+    with pytest.raises(ConfigError, match=r"'model\.sarl_gate' was removed"):
+        resolve_config(TrainConfig, saved)

@@ -84,6 +84,23 @@ def _nest(key: str, value: Any) -> dict[str, Any]:
     return out
 
 
+RETIRED_KEYS: dict[str, Any] = {"model.sarl_gate": False, "method.pooled_calibration": False}
+"""Keys that briefly existed, with the value that meant "off": a saved config that has them at that value still
+loads (the key is dropped); any other value is an error, since its behaviour no longer exists."""
+
+
+def _drop_retired(values: dict[str, Any], where: str) -> dict[str, Any]:
+    out = {key: dict(value) if isinstance(value, dict) else value for key, value in values.items()}
+    for dotted, off in RETIRED_KEYS.items():
+        section, key = dotted.split(".", 1)
+        holder = out.get(section)
+        if isinstance(holder, dict) and key in holder:
+            if holder[key] != off:
+                raise ConfigError(f"{where}: {dotted!r} was removed; only {dotted}={off} (its no-op value) is accepted")
+            del holder[key]
+    return out
+
+
 def resolve_config(schema: type[T], config_file: str | Path | None = None, overrides: list[str] = ()) -> T:
     """Build a ``schema`` instance: defaults ← YAML file ← overrides, type-checked."""
     merged = OmegaConf.structured(schema)
@@ -103,6 +120,7 @@ def resolve_config(schema: type[T], config_file: str | Path | None = None, overr
         key, value = _parse_override(text)
         layers.append((f"override {text!r}", _nest(key, value)))
     for where, values in layers:
+        values = _drop_retired(values, where)
         _check_keys(schema, values, where)
         try:
             merged = OmegaConf.merge(merged, OmegaConf.create(values))
