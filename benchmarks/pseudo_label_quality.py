@@ -48,7 +48,7 @@ def main() -> None:
     folder = Path(args.folder)
     rows = list(csv.DictReader((folder / "results.csv").open()))
     print(
-        "| method | known | pseudo positives | precision % | recall of hidden positives % | classifier negatives "
+        "| method | known | pseudo positives | precision % | recall of hidden positives % | classifier (joint) negatives "
         "| their precision % | runs |"
     )
     print("|---|---|---|---|---|---|---|---|")

@@ -262,7 +262,7 @@ class HST(Method):
         rows_np, *gathered = self._gather_sorted(cat["rows"], *(cat[name] for name in names))
         train = dict(zip(names, gathered, strict=True))
         labels, full, ist, cst = train["labels"].astype(np.int8), train["full"], train["ist"], train["cst"]
-        prob = 1.0 / (1.0 + np.exp(-train["logit"]))
+        prob = torch.sigmoid(torch.from_numpy(train["logit"])).numpy()
         scores: dict[str, np.ndarray] = {}
         thresholds: dict[str, ClassThresholds] = {}
         settings = (c.target_precision, c.negative_precision, c.calibration_min_positives)
@@ -292,7 +292,7 @@ class HST(Method):
                     scores["joint"], rank_by = found.joint, found.joint
                     thresholds["joint"] = calibrate(found.joint_val, val["labels"], *settings, pooled=True, z=z)
             elif c.classifier_evidence and len(val["labels"]):
-                vp = 1.0 / (1.0 + np.exp(-val["logit"]))
+                vp = torch.sigmoid(torch.from_numpy(val["logit"])).numpy()
                 scores["classifier"] = prob
                 thresholds["classifier"] = calibrate(vp, val["labels"], *settings, pooled=True, z=z)
         decision = decide(labels, scores, thresholds, rank_by=rank_by, negatives=c.pseudo_negatives)
