@@ -48,8 +48,8 @@ def main() -> None:
     folder = Path(args.folder)
     rows = list(csv.DictReader((folder / "results.csv").open()))
     print(
-        "| method | known | pseudo positives | precision % | recall of hidden positives % | classifier (joint) negatives "
-        "| their precision % | runs |"
+        "| method | known | pseudo positives | precision % | recall of hidden positives % | classifier (joint) "
+        "negatives | their precision % | runs |"
     )
     print("|---|---|---|---|---|---|---|---|")
     for method in args.methods.split(","):
