@@ -79,10 +79,11 @@ def build_step_setup(
     source_features = torch.randn(4 * batch, num_classes, network.feature_dim, device=device)
 
     source_logits = torch.randn(4 * batch, num_classes, device=device)
+    source_pooled = torch.randn(4 * batch, 64, device=device)
 
     def feature_source(split: str = "train") -> Iterator[FeatureBatch]:
         rows = torch.arange(len(source_labels), device=device)
-        yield FeatureBatch(rows, source_logits, source_features, source_labels, None)
+        yield FeatureBatch(rows, source_logits, source_features, source_labels, None, source_pooled)
 
     methods: dict[str, Method] = {}
     optimizers: dict[str, torch.optim.Optimizer] = {}
