@@ -36,7 +36,10 @@ class LinearHead(nn.Module):
         self.classifier = nn.Linear(in_channels, num_classes)
 
     def forward(self, feature_map: torch.Tensor) -> torch.Tensor:
-        pooled = feature_map.float().mean(dim=(2, 3))
+        return self.classify(feature_map.float().mean(dim=(2, 3)))
+
+    def classify(self, pooled: torch.Tensor) -> torch.Tensor:
+        """The probe on already pooled ``B×F`` features."""
         if self.norm is not None:
             pooled = self.norm(pooled)
         return self.classifier(pooled)
@@ -97,17 +100,18 @@ class PartialLabelNetwork(nn.Module):
 
         ``pooled``: the map already went through the reducer's 2×2 average pool (a pooled feature cache).
         """
+        # Averaging a 2×2-pooled map equals averaging the full map, so either input gives the same features.
+        image_features = feature_map.float().mean(dim=(2, 3))
         if isinstance(self.sarl, LinearHead):
-            logits = self.sarl(feature_map)
+            logits = self.sarl.classify(image_features)
             empty = logits.new_zeros(logits.shape[0], logits.shape[1], 0)
-            return NetworkOutput(logits, empty, feature_map.float().mean(dim=(2, 3)))
+            return NetworkOutput(logits, empty, image_features)
         assert self.reducer is not None
         out = self.sarl(self.reducer(feature_map, pooled=pooled))
         logits = out.logits
         if self.linear is not None:
-            # Averaging a 2×2-pooled map equals averaging the full map, so either input gives the same probe.
-            logits = logits + self.linear(feature_map)
-        return NetworkOutput(logits, out.semantic, feature_map.float().mean(dim=(2, 3)))
+            logits = logits + self.linear.classify(image_features)
+        return NetworkOutput(logits, out.semantic, image_features)
 
     def forward(self, images: torch.Tensor) -> NetworkOutput:
         return self.head(self.feature_map(images))
