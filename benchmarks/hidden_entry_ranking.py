@@ -12,52 +12,34 @@ of that ranking are more precise at the same recall.
 from __future__ import annotations
 
 import argparse
-import warnings
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from hst.config import TrainConfig, resolve_config
-from hst.data.splits import prepare_splits
-from hst.engine.module import PartialLabelModule
-from hst.feature_cache import extract_for_config
 from hst.methods.neighbour_evidence import neighbour_evidence
-from hst.metrics import evaluate
+from run_outputs import quiet_map, run_outputs
 
 
 def hidden_map(scores: np.ndarray, partial: np.ndarray, full: np.ndarray) -> float:
     """mAP over the unknown entries of ``partial`` against ``full`` (known entries are left out)."""
-    hidden = np.where(partial == 0, np.where(full > 0, 1, -1), 0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return float(evaluate(scores, hidden).mAP)
+    return quiet_map(scores, np.where(partial == 0, np.where(full > 0, 1, -1), 0))
 
 
 def rank_run(run: Path, neighbours: int) -> dict[str, float]:
-    config = resolve_config(TrainConfig, str(run / "config.yaml"), [])
-    splits = prepare_splits(config.data)
-    cache = extract_for_config(config, progress=False)[0]
-    checkpoint = next(run.glob("**/checkpoints/best.ckpt"))
-    module = PartialLabelModule.from_checkpoint(checkpoint).eval()
-    pooled = cache.pooled()
-    outputs = {}
-    with torch.no_grad():
-        for part, rows in (("train", splits.train_rows), ("val", splits.val_rows)):
-            out = module.network.head(pooled[rows].float(), pooled=True)
-            outputs[part] = (out.logits.numpy(), out.pooled.numpy())
+    splits, outputs = run_outputs(run, ("train", "val"))
+    (train_logits, train_pooled), (val_logits, val_pooled) = outputs["train"], outputs["val"]
     found = neighbour_evidence(
-        outputs["train"][1],
+        train_pooled.numpy(),
         splits.train.labels,
-        outputs["train"][0],
-        outputs["val"][1],
-        outputs["val"][0],
+        train_logits,
+        val_pooled.numpy(),
+        val_logits,
         neighbours,
         bank_limit=0,
     )
     partial, full = splits.train.labels, splits.train_full
     return {
-        "classifier": hidden_map(outputs["train"][0], partial, full),
+        "classifier": hidden_map(train_logits, partial, full),
         "neighbours": hidden_map(np.nan_to_num(found.margin, nan=-2.0), partial, full),
         "joint": hidden_map(found.joint, partial, full),
     }

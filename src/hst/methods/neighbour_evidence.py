@@ -39,20 +39,37 @@ def _bank_rows(num: int, limit: int) -> np.ndarray:
     return np.unique(np.linspace(0, num - 1, limit).round().astype(int))
 
 
-def _margins(
-    query: torch.Tensor,
-    query_rows: torch.Tensor | None,
-    bank: torch.Tensor,
-    bank_rows: torch.Tensor,
-    bank_labels: torch.Tensor,
-    k: int,
-) -> np.ndarray:
-    chunks = []
-    for start in range(0, len(query), QUERY_CHUNK):
-        stop = start + QUERY_CHUNK
-        rows = None if query_rows is None else query_rows[start:stop]
-        chunks.append(neighbour_margin(query[start:stop], rows, bank, bank_rows, bank_labels, k).cpu())
-    return torch.cat(chunks).numpy() if chunks else np.zeros((0, bank_labels.shape[1]), dtype=np.float32)
+class NeighbourIndex:
+    """The training images as neighbours: pooled features standardised with their own statistics, unit rows,
+    with their known labels (at most ``bank_limit`` images, evenly spread; 0 = all)."""
+
+    def __init__(self, train_pooled: np.ndarray | torch.Tensor, train_labels: np.ndarray, bank_limit: int = 0) -> None:
+        train = torch.as_tensor(np.asarray(train_pooled, dtype=np.float32))
+        self.mean, self.std = train.mean(0), train.std(0)
+        self.train = standardize_rows(train, self.mean, self.std)
+        self.bank_rows = torch.from_numpy(_bank_rows(len(train), bank_limit))
+        self.bank = self.train[self.bank_rows]
+        self.bank_labels = torch.from_numpy(np.asarray(train_labels))[self.bank_rows]
+
+    def margins(self, pooled: np.ndarray | torch.Tensor | None, k: int) -> np.ndarray:
+        """Margins (:func:`neighbour_margin`) of other images (``pooled`` ``B×F``), or, with ``None``, of the
+        training images themselves, each never its own neighbour. Scored ``QUERY_CHUNK`` images at a time."""
+        num_classes = self.bank_labels.shape[1]
+        if pooled is None:
+            query, query_rows = self.train, torch.arange(len(self.train))
+        elif len(pooled) == 0:
+            return np.zeros((0, num_classes), dtype=np.float32)
+        else:
+            query = standardize_rows(torch.as_tensor(np.asarray(pooled, dtype=np.float32)), self.mean, self.std)
+            query_rows = None
+        chunks = []
+        for start in range(0, len(query), QUERY_CHUNK):
+            stop = start + QUERY_CHUNK
+            rows = None if query_rows is None else query_rows[start:stop]
+            chunks.append(
+                neighbour_margin(query[start:stop], rows, self.bank, self.bank_rows, self.bank_labels, k).cpu()
+            )
+        return torch.cat(chunks).numpy() if chunks else np.zeros((0, num_classes), dtype=np.float32)
 
 
 def _standardised(values: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
@@ -73,17 +90,10 @@ def neighbour_evidence(
     Pooled features are standardised with the training images' statistics; the per-class standardisation of
     logits and margins is also taken over the training images, so validation scores sit on the same scale.
     """
-    train = torch.from_numpy(np.asarray(train_pooled, dtype=np.float32))
-    mean, std = train.mean(0), train.std(0)
-    train_unit = standardize_rows(train, mean, std)
-    bank_rows = torch.from_numpy(_bank_rows(len(train), bank_limit))
-    bank, bank_labels = train_unit[bank_rows], torch.from_numpy(np.asarray(train_labels))[bank_rows]
-    margin = _margins(train_unit, torch.arange(len(train)), bank, bank_rows, bank_labels, k)
-    if len(val_pooled):
-        val_unit = standardize_rows(torch.from_numpy(np.asarray(val_pooled, dtype=np.float32)), mean, std)
-        margin_val = _margins(val_unit, None, bank, bank_rows, bank_labels, k)
-    else:  # no validation split: the joint evidence cannot be calibrated, the margins still can
-        margin_val = np.zeros((0, margin.shape[1]), dtype=np.float32)
+    index = NeighbourIndex(train_pooled, train_labels, bank_limit)
+    margin = index.margins(None, k)
+    # Without a validation split the joint evidence cannot be calibrated; the margins still can.
+    margin_val = index.margins(val_pooled, k)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a class without any margin has an all-NaN column
         m_mean, m_std = np.nanmean(margin, 0), np.nanstd(margin, 0)
