@@ -2,7 +2,7 @@
 
 The backbone's output (before the reducer, N×F×h×w) is stored as float16 in ``<cache_dir>/<key>.npy``
 with a JSON sidecar ``<key>.json``. The key hashes everything the features depend on: the data (spec,
-image ids, image file sizes and mtimes), the backbone (name, weights, a fingerprint of its tensors) and
+image ids, image file contents), the backbone (name, weights, a fingerprint of its tensors) and
 the eval transform, so any change gives a new file instead of stale features.
 """
 
@@ -53,16 +53,25 @@ def image_ids_digest(image_ids: Sequence[str]) -> str:
 
 
 def image_files_digest(data: MultiLabelData) -> str | None:
-    """sha256 over each image file's path, size and mtime (``None`` for rendered datasets)."""
+    """sha256 over each image file's size and content sha256, in image order (``None`` for rendered datasets).
+
+    Content, not mtimes: a copied or re-mounted dataset keeps its cache, an edited image gets a new one.
+    Reading the files costs about a second per 100 MB, once per run, far less than re-extracting.
+    """
     if data.image_paths is None:
         return None
     digest = hashlib.sha256()
     for path in data.image_paths:
         try:
-            stat = path.stat()
-            entry = f"{path}\t{stat.st_size}\t{stat.st_mtime_ns}\n"
+            content = hashlib.sha256()
+            size = 0
+            with path.open("rb") as handle:
+                while chunk := handle.read(1 << 20):
+                    content.update(chunk)
+                    size += len(chunk)
+            entry = f"{size}\t{content.hexdigest()}\n"
         except OSError:
-            entry = f"{path}\tmissing\n"
+            entry = f"{path.name}\tmissing\n"
         digest.update(entry.encode("utf-8"))
     return digest.hexdigest()
 
