@@ -56,7 +56,7 @@ def image_files_digest(data: MultiLabelData) -> str | None:
     """sha256 over each image file's size and content sha256, in image order (``None`` for rendered datasets).
 
     Content, not mtimes: a copied or re-mounted dataset keeps its cache, an edited image gets a new one.
-    Reading the files costs about a second per 100 MB, once per run, far less than re-extracting.
+    Hashing costs a fraction of a second per 100 MB, once per run, far less than re-extracting.
     """
     if data.image_paths is None:
         return None
