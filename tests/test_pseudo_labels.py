@@ -19,6 +19,7 @@ from hst.methods.thresholds import (
     decide,
     expected_hidden_positives,
     negative_threshold,
+    oracle_targets,
     positive_threshold,
     precision_bound,
     quality,
@@ -128,6 +129,25 @@ def test_quality_counts_precision_and_recall_against_full_labels() -> None:
     assert q["pos_count"] == 3 and q["pos_correct"] == 1 and q["pos_precision"] == pytest.approx(1 / 3)
     assert q["pos_possible"] == 2 and q["pos_recall"] == pytest.approx(0.5)
     assert q["neg_count"] == 1 and q["neg_precision"] == 1.0 and q["neg_recall"] == pytest.approx(1 / 3)
+
+
+def test_oracle_targets_bound_pseudo_labels_from_the_full_labels() -> None:
+    labels = np.array([[1, 0, 0], [0, 0, -1], [0, 0, 0]], dtype=np.int8)
+    full = np.array([[1, 1, -1], [1, 0, -1], [-1, 1, -1]], dtype=np.int8)  # 0: an ignored (difficult) entry
+    targets = np.array([[0, 1, -1], [1, 1, 0], [1, -1, -1]], dtype=np.int8)
+    assert np.array_equal(oracle_targets(targets, labels, full, "none"), targets)
+    hidden = oracle_targets(targets, labels, full, "hidden")
+    assert np.array_equal(hidden, [[0, 1, 0], [1, 0, 0], [0, 1, 0]])  # every hidden positive, nothing else
+    clean = oracle_targets(targets, labels, full, "clean")
+    assert np.array_equal(clean, [[0, 1, -1], [1, 0, 0], [0, 0, -1]])  # only HST's correct pseudo labels
+    with pytest.raises(ValueError, match="full training labels"):
+        oracle_targets(targets, labels, np.zeros_like(full), "clean")
+    with pytest.raises(ValueError, match="pseudo_label_oracle"):
+        oracle_targets(targets, labels, full, "perfect")
+    with pytest.raises(ValueError, match="pseudo_label_oracle"):
+        create("hst", MethodConfig(pseudo_label_oracle="perfect"), 3, 4, 3)
+    with pytest.raises(ValueError, match="thresholds=calibrated"):
+        create("hst", MethodConfig(pseudo_label_oracle="hidden", thresholds="learned"), 3, 4, 3)
 
 
 def test_leave_one_out_ist_score_matches_a_loop() -> None:

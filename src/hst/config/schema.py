@@ -94,6 +94,9 @@ class MethodConfig:
     negative_precision: float = 0.98
     """Calibrated thresholds: precision of pseudo negatives on the held-out known entries."""
     calibration_min_positives: int = 5
+    pseudo_label_oracle: str = "none"
+    """Diagnostic upper bounds from the full training labels (data that has them only): 'hidden' makes every hidden
+    positive a pseudo positive, 'clean' keeps only the correct ones of HST's own pseudo labels; 'none' = HST."""
     relabel_every: int = 1
     """Calibrated mode: pseudo labels are decided anew every this many epochs from pseudo_label_epoch on (0 = once,
     by the model that has seen known labels only; later decisions score entries the model was trained to call

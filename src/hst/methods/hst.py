@@ -34,7 +34,7 @@ from hst.losses import (
 from hst.methods.base import Evidence, FeatureBatch, FeatureSource, LossOutput, Method, StepContext
 from hst.methods.neighbour_evidence import neighbour_evidence
 from hst.methods.semantic_transfer import cooccurrence_term, known_and_cooccurrence_loss, pseudo_label_logs
-from hst.methods.thresholds import ClassThresholds, calibrate, decide, quality
+from hst.methods.thresholds import ORACLES, ClassThresholds, calibrate, decide, oracle_targets, quality
 from hst.models.cst import Prototypes, inter_scores, prototype_similarity, prototypes_from_lists
 from hst.models.ist import ISTHead, intra_scores, intra_scores_leave_one_out
 from hst.models.network import NetworkOutput
@@ -62,6 +62,10 @@ class HST(Method):
         super().__init__(config, num_classes, feature_dim, num_train)
         if config.thresholds not in THRESHOLD_MODES:
             raise ValueError(f"method.thresholds must be one of {THRESHOLD_MODES}, got {config.thresholds!r}")
+        if config.pseudo_label_oracle not in ORACLES:
+            raise ValueError(f"method.pseudo_label_oracle must be one of {ORACLES}, got {config.pseudo_label_oracle!r}")
+        if config.pseudo_label_oracle != "none" and config.thresholds != "calibrated":
+            raise ValueError("method.pseudo_label_oracle needs method.thresholds=calibrated")
         self.ist_head = (
             ISTHead(num_classes, feature_dim, feature_dim // 2, feature_dim, kernel=config.ist_kernel)
             if config.use_ist
@@ -296,6 +300,7 @@ class HST(Method):
                 scores["classifier"] = prob
                 thresholds["classifier"] = calibrate(vp, val["labels"], *settings, pooled=True, z=z)
         decision = decide(labels, scores, thresholds, rank_by=rank_by, negatives=c.pseudo_negatives)
+        decision.targets = oracle_targets(decision.targets, labels, full, c.pseudo_label_oracle)
         table = torch.zeros(max(self.num_train, int(rows_np.max()) + 1), self.num_classes, dtype=torch.int8)
         table[torch.from_numpy(rows_np)] = torch.from_numpy(decision.targets)
         self.pseudo_targets = table.to(self.intra_threshold.device)

@@ -195,6 +195,27 @@ def decide(
     return PseudoLabelDecision(targets, sources, dict(thresholds))
 
 
+ORACLES = ("none", "hidden", "clean")
+
+
+def oracle_targets(targets: np.ndarray, labels: np.ndarray, full: np.ndarray, oracle: str) -> np.ndarray:
+    """Pseudo labels replaced from the full training labels, to bound what pseudo labels can give.
+
+    'hidden': every hidden positive becomes a pseudo positive (nothing else); 'clean': the wrong pseudo labels of
+    ``targets`` are dropped (left unknown), the correct ones kept; 'none': ``targets`` unchanged.
+    """
+    if oracle == "none":
+        return targets
+    if oracle not in ORACLES:
+        raise ValueError(f"method.pseudo_label_oracle must be one of {ORACLES}, got {oracle!r}")
+    if not (full != 0).any():
+        raise ValueError(f"method.pseudo_label_oracle={oracle} needs the full training labels, which this data lacks")
+    if oracle == "hidden":
+        return ((labels == 0) & (full > 0)).astype(np.int8)
+    correct = ((targets > 0) & (full > 0)) | ((targets < 0) & (full < 0))
+    return np.where(correct, targets, 0).astype(np.int8)
+
+
 def quality(pseudo: np.ndarray, labels: np.ndarray, full: np.ndarray | None) -> dict[str, float]:
     """Count, precision and recall of pseudo positives and negatives against the full labels (if known).
 
