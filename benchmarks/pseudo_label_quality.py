@@ -7,6 +7,10 @@ evidence where used: count, precision), read from each run's ``csv/metrics.csv``
 logged against the full training labels).
 
     python benchmarks/pseudo_label_quality.py bench/voc2007 --methods hst
+    python benchmarks/pseudo_label_quality.py bench/voc2007 --methods hst --by-agreement
+
+``--by-agreement``: the pseudo positives split by how many evidence sources voted for them (two or more, or one),
+and the positives of each source alone, from runs that log them (``method/pseudo_{agreed,single}_pos_*``).
 """
 
 from __future__ import annotations
@@ -39,14 +43,59 @@ def quality(run: Path, at: str = "best") -> dict[str, float] | None:
     return {k.removeprefix("method/"): float(v) for k, v in row.items() if k.startswith("method/pseudo_") and v}
 
 
+AGREEMENT_GROUPS = (
+    ("agreed", "two or more sources"),
+    ("single", "one source"),
+    ("joint", "joint alone would give"),
+    ("neighbours", "CST neighbours alone"),
+    ("cst", "CST prototypes alone"),
+    ("ist", "IST alone"),
+)
+
+
+def print_by_agreement(folder: Path, rows: list[dict[str, str]], methods: list[str], at: str) -> None:
+    """One row per method and proportion: count at precision (recall) of each group, mean over the runs."""
+    print("| method | known | " + " | ".join(title for _, title in AGREEMENT_GROUPS) + " | runs |")
+    print("|---|---|" + "---|" * len(AGREEMENT_GROUPS) + "---|")
+    for method in methods:
+        for proportion in sorted({float(r["proportion"]) for r in rows if r["method"] == method}):
+            values = [
+                q
+                for r in rows
+                if r["method"] == method and float(r["proportion"]) == proportion
+                for q in [quality(folder / r["run_dir"], at)]
+                if q is not None and "pseudo_agreed_pos_count" in q
+            ]
+            cells = []
+            for group, _ in AGREEMENT_GROUPS:
+                found = [v for v in values if f"pseudo_{group}_pos_count" in v]
+                if not found:
+                    cells.append("—")
+                    continue
+                count = np.mean([v[f"pseudo_{group}_pos_count"] for v in found])
+                precision = [100 * v[key] for v in found if (key := f"pseudo_{group}_pos_precision") in v]
+                recall = [100 * v[key] for v in found if (key := f"pseudo_{group}_pos_recall") in v]
+                text = f"{count:,.0f}"
+                if precision:
+                    text += f" at {np.mean(precision):.1f}%"
+                if recall:
+                    text += f" ({np.mean(recall):.1f}%)"
+                cells.append(text)
+            print(f"| {method} | {proportion:.0%} | " + " | ".join(cells) + f" | {len(values)} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder")
     parser.add_argument("--methods", default="hst")
     parser.add_argument("--at", choices=("best", "last"), default="best", help="epoch whose pseudo labels to show")
+    parser.add_argument("--by-agreement", action="store_true", help="split the pseudo positives by agreement")
     args = parser.parse_args()
     folder = Path(args.folder)
     rows = list(csv.DictReader((folder / "results.csv").open()))
+    if args.by_agreement:
+        print_by_agreement(folder, rows, args.methods.split(","), args.at)
+        return
     print(
         "| method | known | pseudo positives | precision % | recall of hidden positives % | classifier (joint) "
         "negatives | their precision % | runs |"

@@ -15,6 +15,8 @@ from hst.methods import create
 from hst.methods.base import FeatureBatch
 from hst.methods.thresholds import (
     ClassThresholds,
+    PseudoLabelDecision,
+    by_agreement,
     calibrate,
     decide,
     expected_hidden_positives,
@@ -119,6 +121,9 @@ def test_decide_fills_only_unknown_entries_caps_positives_and_needs_all_sources_
     assert decision.sources["a"][1, 1] == -1 and decision.targets[1, 1] == -1
     without = decide(labels, {"a": a, "b": b}, thresholds, rank_by=a, negatives=False)
     assert not np.any(without.targets < 0)
+    # Half the cap: class 0 keeps only its best-ranked pseudo positive, row 1 (0.95) before row 2 (0.8).
+    half = decide(labels, {"a": a, "b": b}, thresholds, rank_by=a, negatives=False, cap_share=0.5)
+    assert half.targets[1, 0] == 1 and half.targets[2, 0] == 0 and (half.targets[:, 0] > 0).sum() == 1
 
 
 def test_quality_counts_precision_and_recall_against_full_labels() -> None:
@@ -129,6 +134,17 @@ def test_quality_counts_precision_and_recall_against_full_labels() -> None:
     assert q["pos_count"] == 3 and q["pos_correct"] == 1 and q["pos_precision"] == pytest.approx(1 / 3)
     assert q["pos_possible"] == 2 and q["pos_recall"] == pytest.approx(0.5)
     assert q["neg_count"] == 1 and q["neg_precision"] == 1.0 and q["neg_recall"] == pytest.approx(1 / 3)
+
+
+def test_pseudo_positives_split_by_how_many_sources_voted() -> None:
+    targets = np.array([[1, 1, 0, -1]], dtype=np.int8)
+    sources = {
+        "joint": np.array([[1, 1, 1, -1]], dtype=np.int8),  # column 2: voted but not kept (the class cap)
+        "neighbours": np.array([[1, 0, 1, -1]], dtype=np.int8),
+        "cst": np.array([[1, -1, 0, -1]], dtype=np.int8),
+    }
+    split = by_agreement(PseudoLabelDecision(targets, sources))
+    assert np.array_equal(split["agreed"], [[1, 0, 0, 0]]) and np.array_equal(split["single"], [[0, 1, 0, 0]])
 
 
 def test_oracle_targets_bound_pseudo_labels_from_the_full_labels() -> None:
@@ -193,6 +209,7 @@ def test_hst_fixes_pseudo_labels_for_the_epoch_and_trains_on_them() -> None:
     base_rate = float(((labels == 0) & (full > 0)).sum() / (labels == 0).sum())
     assert logs["pseudo_all_pos_count"] > 0 and logs["pseudo_all_pos_precision"] > base_rate + 0.5
     assert logs["pseudo_all_neg_count"] > 0 and logs["pseudo_all_neg_precision"] > 0.95
+    assert logs["pseudo_agreed_pos_count"] + logs["pseudo_single_pos_count"] == logs["pseudo_all_pos_count"]
     table = method.pseudo_targets
     assert table is not None and torch.all(table[labels != 0] == 0)
     # The step's classification loss counts known + pseudo-labelled entries and ignores the rest.

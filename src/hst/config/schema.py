@@ -94,6 +94,9 @@ class MethodConfig:
     negative_precision: float = 0.98
     """Calibrated thresholds: precision of pseudo negatives on the held-out known entries."""
     calibration_min_positives: int = 5
+    positive_cap: float = 1.0
+    """Calibrated mode: per class, at most this share of the expected number of hidden positives (the known positive
+    rate × the unknown entries) become pseudo positives, the best ranked first."""
     pseudo_label_oracle: str = "none"
     """Diagnostic upper bounds from the full training labels (data that has them only): 'hidden' makes every hidden
     positive a pseudo positive, 'clean' keeps only the correct ones of HST's own pseudo labels; 'none' = HST."""

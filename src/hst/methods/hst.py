@@ -34,7 +34,15 @@ from hst.losses import (
 from hst.methods.base import Evidence, FeatureBatch, FeatureSource, LossOutput, Method, StepContext
 from hst.methods.neighbour_evidence import neighbour_evidence
 from hst.methods.semantic_transfer import cooccurrence_term, known_and_cooccurrence_loss, pseudo_label_logs
-from hst.methods.thresholds import ORACLES, ClassThresholds, calibrate, decide, oracle_targets, quality
+from hst.methods.thresholds import (
+    ORACLES,
+    ClassThresholds,
+    by_agreement,
+    calibrate,
+    decide,
+    oracle_targets,
+    quality,
+)
 from hst.models.cst import Prototypes, inter_scores, prototype_similarity, prototypes_from_lists
 from hst.models.ist import ISTHead, intra_scores, intra_scores_leave_one_out
 from hst.models.network import NetworkOutput
@@ -299,7 +307,9 @@ class HST(Method):
                 vp = torch.sigmoid(torch.from_numpy(val["logit"])).numpy()
                 scores["classifier"] = prob
                 thresholds["classifier"] = calibrate(vp, val["labels"], *settings, pooled=True, z=z)
-        decision = decide(labels, scores, thresholds, rank_by=rank_by, negatives=c.pseudo_negatives)
+        decision = decide(
+            labels, scores, thresholds, rank_by=rank_by, negatives=c.pseudo_negatives, cap_share=c.positive_cap
+        )
         decision.targets = oracle_targets(decision.targets, labels, full, c.pseudo_label_oracle)
         table = torch.zeros(max(self.num_train, int(rows_np.max()) + 1), self.num_classes, dtype=torch.int8)
         table[torch.from_numpy(rows_np)] = torch.from_numpy(decision.targets)
@@ -307,7 +317,7 @@ class HST(Method):
         self.calibration = thresholds
         has_truth = bool((full != 0).any())
         logs: dict[str, float] = {}
-        for name, values in {**decision.sources, "all": decision.targets}.items():
+        for name, values in {**decision.sources, "all": decision.targets, **by_agreement(decision)}.items():
             for key, value in quality(values, labels, full if has_truth else None).items():
                 logs[f"pseudo_{name}_{key}"] = value
         for name, t in thresholds.items():
