@@ -16,7 +16,14 @@ from torch.utils.data import DataLoader
 from hst.data.base import MultiLabelData
 from hst.data.spec import load_dataset
 from hst.data.transforms import build_transform
-from hst.feature_cache import CachedFeatureDataset, FeatureCache, extract_features, feature_cache_key
+from hst.feature_cache import (
+    DIGEST_MEMO,
+    CachedFeatureDataset,
+    FeatureCache,
+    extract_features,
+    feature_cache_key,
+    image_files_digest,
+)
 from hst.models.backbone import Backbone, create_backbone
 
 SIZE = 64
@@ -156,6 +163,23 @@ def test_key_follows_image_contents_not_mtimes(tmp_path: Path, backbone: Backbon
     with path.open("ab") as handle:
         handle.write(b"\0")  # trailing bytes after the PNG end: a size change
     assert feature_cache_key(files, backbone, SIZE) not in {base, flipped}
+
+
+def test_image_digests_are_remembered_while_size_and_mtime_hold(tmp_path: Path) -> None:
+    files = _write_images(tmp_path, 3)
+    memo = tmp_path / "cache" / DIGEST_MEMO
+    first = image_files_digest(files, memo)
+    assert first == image_files_digest(files) and memo.is_file()
+    path = files.image_paths[0]
+    stat = path.stat()
+    original = path.read_bytes()
+    path.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # same size and mtime: the memo is trusted, as make does
+    assert image_files_digest(files, memo) == first
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 5_000_000_000))  # a new mtime: hashed again
+    assert image_files_digest(files, memo) == image_files_digest(files) != first
+    memo.write_text("{not json", encoding="utf-8")  # a damaged memo costs a re-hash, nothing else
+    assert image_files_digest(files, memo) == image_files_digest(files)
 
 
 def test_on_disk_images_are_cached(tmp_path: Path, backbone: Backbone) -> None:
