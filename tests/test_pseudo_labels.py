@@ -345,3 +345,45 @@ def test_hst_joint_evidence_acts_and_needs_pooled_features() -> None:
 
     with pytest.raises(ValueError, match="cst_neighbours needs pooled"):
         create("hst", config, classes, dim, 180).on_train_epoch_start(0, no_pooled)
+
+
+def test_cst_threshold_calibrated_on_validation_holds_its_precision_where_training_entries_mislead() -> None:
+    """Known training entries whose category features were fit to their labels separate far better than unknown
+    ones: a CST threshold calibrated on them misses its precision target on the unknown entries, one calibrated on
+    validation images (features never fit) meets it."""
+    gen = torch.Generator().manual_seed(4)
+    num, val, classes, dim = 400, 200, 3, 8
+    total = num + val
+    full = torch.where(torch.rand(total, classes, generator=gen) < 0.3, 1, -1).to(torch.int8)
+    centers = torch.randn(classes, dim, generator=gen)
+    labels = torch.where(torch.rand(total, classes, generator=gen) < 0.3, full, torch.zeros_like(full))
+    labels[num:] = torch.where(torch.rand(val, classes, generator=gen) < 0.5, full[num:], 0)
+    fit = (labels != 0) & (torch.arange(total) < num)[:, None]
+    strength = torch.where(fit, 3.0, 0.45).unsqueeze(2)
+    semantic = torch.randn(total, classes, dim, generator=gen) + (full > 0).unsqueeze(2) * strength * centers
+    logits = torch.zeros(total, classes)
+
+    def source(split: str = "train") -> Iterator[FeatureBatch]:
+        rows = torch.arange(0, num) if split == "train" else torch.arange(num, total)
+        for start in range(0, len(rows), 64):
+            r = rows[start : start + 64]
+            index = r - (0 if split == "train" else num)
+            yield FeatureBatch(index, logits[r], semantic[r], labels[r], full[r], None)
+
+    precision = {}
+    for mode in ("training", "validation"):
+        config = MethodConfig(
+            pseudo_label_epoch=0,
+            use_ist=False,
+            prototypes_per_class=2,
+            kmeans_iters=3,
+            cst_neighbours=0,
+            classifier_evidence=False,
+            cst_calibration=mode,
+        )
+        logs = create("hst", config, classes, dim, num).on_train_epoch_start(0, source)
+        assert logs["pseudo_cst_pos_count"] > 0
+        precision[mode] = logs["pseudo_cst_pos_precision"]
+    assert precision["training"] < 0.85 and precision["validation"] >= 0.9
+    with pytest.raises(ValueError, match="cst_calibration"):
+        create("hst", MethodConfig(cst_calibration="test"), classes, dim, num)

@@ -94,6 +94,10 @@ class MethodConfig:
     negative_precision: float = 0.98
     """Calibrated thresholds: precision of pseudo negatives on the held-out known entries."""
     calibration_min_positives: int = 5
+    cst_calibration: str = "validation"
+    """Calibrated mode: where the CST prototype threshold is calibrated: 'validation' (images the head never
+    trained on) or 'training' (the known training entries, cross-fitted; their category features were trained on
+    those very labels, which overstates the precision on unknown entries)."""
     positive_cap: float = 1.0
     """Calibrated mode: per class, at most this share of the expected number of hidden positives (the known positive
     rate × the unknown entries) become pseudo positives, the best ranked first."""

@@ -48,6 +48,7 @@ from hst.models.ist import ISTHead, intra_scores, intra_scores_leave_one_out
 from hst.models.network import NetworkOutput
 
 THRESHOLD_MODES = ("calibrated", "learned", "fixed")
+CST_CALIBRATIONS = ("validation", "training")
 CALIBRATION_KEEP_ELEMENTS = 2**26
 """Semantic features of the training split up to this many floats (256 MiB) stay in memory between the two
 uses of a calibration pass; larger splits are read twice instead."""
@@ -70,6 +71,10 @@ class HST(Method):
         super().__init__(config, num_classes, feature_dim, num_train)
         if config.thresholds not in THRESHOLD_MODES:
             raise ValueError(f"method.thresholds must be one of {THRESHOLD_MODES}, got {config.thresholds!r}")
+        if config.cst_calibration not in CST_CALIBRATIONS:
+            raise ValueError(
+                f"method.cst_calibration must be one of {CST_CALIBRATIONS}, got {config.cst_calibration!r}"
+            )
         if config.pseudo_label_oracle not in ORACLES:
             raise ValueError(f"method.pseudo_label_oracle must be one of {ORACLES}, got {config.pseudo_label_oracle!r}")
         if config.pseudo_label_oracle != "none" and config.thresholds != "calibrated":
@@ -281,12 +286,22 @@ class HST(Method):
         z = c.calibration_z
         if c.use_ist:
             scores["ist"], thresholds["ist"] = ist, calibrate(ist, labels, *settings, z=z)
-        if c.use_cst:
+        cst_on_val = c.use_cst and c.cst_calibration == "validation" and self.prototypes is not None
+        if c.use_cst and not cst_on_val:
             scores["cst"], thresholds["cst"] = cst, calibrate(cst, labels, *settings, z=z)
         rank_by = prob
-        if c.classifier_evidence or neighbours:
+        if c.classifier_evidence or neighbours or cst_on_val:
             # The classifier was fit to the training split's known entries; its validation scores are unbiased.
-            val = self._validation_pass(features, with_pooled=neighbours)
+            val = self._validation_pass(features, with_pooled=neighbours, with_cst=cst_on_val)
+            if cst_on_val:
+                # The category features of known training entries were trained on their labels, so their
+                # similarities to the prototypes overstate the precision on unknown entries; validation's do not.
+                scores["cst"] = cst
+                thresholds["cst"] = (
+                    calibrate(val["cst"], val["labels"], *settings, pooled=True, z=z)
+                    if len(val["labels"])
+                    else calibrate(cst, labels, *settings, z=z)  # no validation split: the training entries
+                )
             if neighbours and len(train["pooled"]) == len(rows_np):
                 found = neighbour_evidence(
                     train["pooled"],
@@ -326,14 +341,20 @@ class HST(Method):
             logs["prototype_classes"] = float(self.prototypes.valid.any(dim=1).sum())
         return logs
 
-    def _validation_pass(self, features: FeatureSource, with_pooled: bool) -> dict[str, np.ndarray]:
-        """Logits, labels (and pooled features) of the whole validation split, the same on every process."""
-        parts: dict[str, list[torch.Tensor]] = {"logit": [], "labels": [], "pooled": []}
+    def _validation_pass(
+        self, features: FeatureSource, with_pooled: bool, with_cst: bool = False
+    ) -> dict[str, np.ndarray]:
+        """Logits, labels (pooled features, CST similarities to the prototypes) of the whole validation split, the
+        same on every process."""
+        parts: dict[str, list[torch.Tensor]] = {"logit": [], "labels": [], "pooled": [], "cst": []}
         for batch in features("val"):
             parts["logit"].append(batch.logits.float())
             parts["labels"].append(batch.labels.to(torch.int8))
             if with_pooled:
                 parts["pooled"].append(_pooled_of(batch))
+            if with_cst and self.prototypes is not None:
+                similarity, available = prototype_similarity(batch.semantic.float(), self.prototypes)
+                parts["cst"].append(similarity.masked_fill(~available.to(similarity.device), float("nan")))
         device = self.intra_threshold.device
         out: dict[str, np.ndarray] = {}
         for name, values in parts.items():
