@@ -379,11 +379,11 @@ def test_cst_threshold_calibrated_on_validation_holds_its_precision_where_traini
             kmeans_iters=3,
             cst_neighbours=0,
             classifier_evidence=False,
-            cst_calibration=mode,
+            calibration_split=mode,
         )
         logs = create("hst", config, classes, dim, num).on_train_epoch_start(0, source)
         assert logs["pseudo_cst_pos_count"] > 0
         precision[mode] = logs["pseudo_cst_pos_precision"]
     assert precision["training"] < 0.85 and precision["validation"] >= 0.9
-    with pytest.raises(ValueError, match="cst_calibration"):
-        create("hst", MethodConfig(cst_calibration="test"), classes, dim, num)
+    with pytest.raises(ValueError, match="calibration_split"):
+        create("hst", MethodConfig(calibration_split="test"), classes, dim, num)

@@ -94,9 +94,9 @@ class MethodConfig:
     negative_precision: float = 0.98
     """Calibrated thresholds: precision of pseudo negatives on the held-out known entries."""
     calibration_min_positives: int = 5
-    cst_calibration: str = "validation"
-    """Calibrated mode: where the CST prototype threshold is calibrated: 'validation' (images the head never
-    trained on) or 'training' (the known training entries, cross-fitted; their category features were trained on
+    calibration_split: str = "validation"
+    """Calibrated mode: where the IST and CST thresholds are calibrated: 'validation' (images the head never trained
+    on) or 'training' (the known training entries, leave-one-out / cross-fitted; the category features were fit to
     those very labels, which overstates the precision on unknown entries)."""
     positive_cap: float = 1.0
     """Calibrated mode: per class, at most this share of the expected number of hidden positives (the known positive

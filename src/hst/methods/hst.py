@@ -48,7 +48,7 @@ from hst.models.ist import ISTHead, intra_scores, intra_scores_leave_one_out
 from hst.models.network import NetworkOutput
 
 THRESHOLD_MODES = ("calibrated", "learned", "fixed")
-CST_CALIBRATIONS = ("validation", "training")
+CALIBRATION_SPLITS = ("validation", "training")
 CALIBRATION_KEEP_ELEMENTS = 2**26
 """Semantic features of the training split up to this many floats (256 MiB) stay in memory between the two
 uses of a calibration pass; larger splits are read twice instead."""
@@ -71,9 +71,9 @@ class HST(Method):
         super().__init__(config, num_classes, feature_dim, num_train)
         if config.thresholds not in THRESHOLD_MODES:
             raise ValueError(f"method.thresholds must be one of {THRESHOLD_MODES}, got {config.thresholds!r}")
-        if config.cst_calibration not in CST_CALIBRATIONS:
+        if config.calibration_split not in CALIBRATION_SPLITS:
             raise ValueError(
-                f"method.cst_calibration must be one of {CST_CALIBRATIONS}, got {config.cst_calibration!r}"
+                f"method.calibration_split must be one of {CALIBRATION_SPLITS}, got {config.calibration_split!r}"
             )
         if config.pseudo_label_oracle not in ORACLES:
             raise ValueError(f"method.pseudo_label_oracle must be one of {ORACLES}, got {config.pseudo_label_oracle!r}")
@@ -284,23 +284,29 @@ class HST(Method):
         thresholds: dict[str, ClassThresholds] = {}
         settings = (c.target_precision, c.negative_precision, c.calibration_min_positives)
         z = c.calibration_z
-        if c.use_ist:
-            scores["ist"], thresholds["ist"] = ist, calibrate(ist, labels, *settings, z=z)
-        cst_on_val = c.use_cst and c.cst_calibration == "validation" and self.prototypes is not None
-        if c.use_cst and not cst_on_val:
-            scores["cst"], thresholds["cst"] = cst, calibrate(cst, labels, *settings, z=z)
+        # IST and CST score the category features, which the head fits to the known training labels: calibrated on
+        # those entries they overstate the precision on unknown ones, so by default they are calibrated on validation.
+        on_val = {
+            "ist": c.use_ist and c.calibration_split == "validation",
+            "cst": c.use_cst and c.calibration_split == "validation" and self.prototypes is not None,
+        }
+        module_scores = {"ist": ist, "cst": cst}
+        for name, used in (("ist", c.use_ist), ("cst", c.use_cst)):
+            if used and not on_val[name]:
+                scores[name], thresholds[name] = (
+                    module_scores[name],
+                    calibrate(module_scores[name], labels, *settings, z=z),
+                )
         rank_by = prob
-        if c.classifier_evidence or neighbours or cst_on_val:
+        if c.classifier_evidence or neighbours or any(on_val.values()):
             # The classifier was fit to the training split's known entries; its validation scores are unbiased.
-            val = self._validation_pass(features, with_pooled=neighbours, with_cst=cst_on_val)
-            if cst_on_val:
-                # The category features of known training entries were trained on their labels, so their
-                # similarities to the prototypes overstate the precision on unknown entries; validation's do not.
-                scores["cst"] = cst
-                thresholds["cst"] = (
-                    calibrate(val["cst"], val["labels"], *settings, pooled=True, z=z)
+            val = self._validation_pass(features, with_pooled=neighbours, with_modules=any(on_val.values()))
+            for name in (n for n, flag in on_val.items() if flag):
+                scores[name] = module_scores[name]
+                thresholds[name] = (
+                    calibrate(val[name], val["labels"], *settings, pooled=True, z=z)
                     if len(val["labels"])
-                    else calibrate(cst, labels, *settings, z=z)  # no validation split: the training entries
+                    else calibrate(module_scores[name], labels, *settings, z=z)  # no validation split
                 )
             if neighbours and len(train["pooled"]) == len(rows_np):
                 found = neighbour_evidence(
@@ -342,17 +348,19 @@ class HST(Method):
         return logs
 
     def _validation_pass(
-        self, features: FeatureSource, with_pooled: bool, with_cst: bool = False
+        self, features: FeatureSource, with_pooled: bool, with_modules: bool = False
     ) -> dict[str, np.ndarray]:
-        """Logits, labels (pooled features, CST similarities to the prototypes) of the whole validation split, the
-        same on every process."""
-        parts: dict[str, list[torch.Tensor]] = {"logit": [], "labels": [], "pooled": [], "cst": []}
+        """Logits, labels (pooled features; IST and CST scores) of the whole validation split, the same on every
+        process."""
+        parts: dict[str, list[torch.Tensor]] = {"logit": [], "labels": [], "pooled": [], "ist": [], "cst": []}
         for batch in features("val"):
             parts["logit"].append(batch.logits.float())
             parts["labels"].append(batch.labels.to(torch.int8))
             if with_pooled:
                 parts["pooled"].append(_pooled_of(batch))
-            if with_cst and self.prototypes is not None:
+            if with_modules and self.ist_head is not None:
+                parts["ist"].append(intra_scores_leave_one_out(self.ist_head(batch.semantic), batch.labels).float())
+            if with_modules and self.prototypes is not None:
                 similarity, available = prototype_similarity(batch.semantic.float(), self.prototypes)
                 parts["cst"].append(similarity.masked_fill(~available.to(similarity.device), float("nan")))
         device = self.intra_threshold.device

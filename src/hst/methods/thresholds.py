@@ -3,8 +3,9 @@
 Labels are hidden uniformly at random (the partial-label protocol), so among the entries a module scores,
 the known ones are a fair sample of the unknown ones: the precision a threshold reaches on known entries
 estimates the precision it reaches on unknown ones. The scores used for calibration must not have seen the
-entry they score (IST leaves the entry's own label out, CST compares with prototypes of the other half of
-the images, the classifier is calibrated on validation images it never trained on).
+entry they score, nor features fit to that entry's label (IST leaves the entry's own label out; CST compares
+with prototypes of the other half of the images and, since the category features of known training entries were
+fit to their labels, is calibrated on validation images, like the classifier).
 
 A threshold is recomputed at every pseudo-label epoch from the current scores, so it does not depend on how
 many optimizer steps a run takes (the learned DTL scalars do; see ``docs/method.md``).
