@@ -43,6 +43,19 @@ def quality(run: Path, at: str = "best") -> dict[str, float] | None:
     return {k.removeprefix("method/"): float(v) for k, v in row.items() if k.startswith("method/pseudo_") and v}
 
 
+def cell_values(
+    folder: Path, rows: list[dict[str, str]], method: str, proportion: float, at: str
+) -> list[dict[str, float]]:
+    """The logged pseudo-label values of every run of one (method, proportion) cell that has any."""
+    return [
+        q
+        for r in rows
+        if r["method"] == method and float(r["proportion"]) == proportion
+        for q in [quality(folder / r["run_dir"], at)]
+        if q is not None
+    ]
+
+
 AGREEMENT_GROUPS = (
     ("agreed", "two or more sources"),
     ("single", "one source"),
@@ -59,13 +72,7 @@ def print_by_agreement(folder: Path, rows: list[dict[str, str]], methods: list[s
     print("|---|---|" + "---|" * len(AGREEMENT_GROUPS) + "---|")
     for method in methods:
         for proportion in sorted({float(r["proportion"]) for r in rows if r["method"] == method}):
-            values = [
-                q
-                for r in rows
-                if r["method"] == method and float(r["proportion"]) == proportion
-                for q in [quality(folder / r["run_dir"], at)]
-                if q is not None and "pseudo_agreed_pos_count" in q
-            ]
+            values = [v for v in cell_values(folder, rows, method, proportion, at) if "pseudo_agreed_pos_count" in v]
             cells = []
             for group, _ in AGREEMENT_GROUPS:
                 found = [v for v in values if f"pseudo_{group}_pos_count" in v]
@@ -103,13 +110,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     for method in args.methods.split(","):
         for proportion in sorted({float(r["proportion"]) for r in rows if r["method"] == method}):
-            values = [
-                q
-                for r in rows
-                if r["method"] == method and float(r["proportion"]) == proportion
-                for q in [quality(folder / r["run_dir"], args.at)]
-                if q is not None
-            ]
+            values = cell_values(folder, rows, method, proportion, args.at)
             if not values:
                 print(f"| {method} | {proportion:.0%} | no pseudo-label epoch before the best one | | | | | 0 |")
                 continue

@@ -241,7 +241,7 @@ class HST(Method):
             if neighbours:
                 parts["pooled"].append(_pooled_of(batch))
             if self.ist_head is not None:
-                parts["ist"].append(intra_scores_leave_one_out(self.ist_head(batch.semantic), batch.labels).float())
+                parts["ist"].append(self._ist_scores(batch))
             else:
                 parts["ist"].append(torch.full(batch.logits.shape, nan, device=batch.logits.device))
             if c.use_cst:
@@ -290,19 +290,18 @@ class HST(Method):
             "ist": c.use_ist and c.calibration_split == "validation",
             "cst": c.use_cst and c.calibration_split == "validation" and self.prototypes is not None,
         }
-        module_scores = {"ist": ist, "cst": cst}
-        for name, used in (("ist", c.use_ist), ("cst", c.use_cst)):
-            if used and not on_val[name]:
-                scores[name], thresholds[name] = (
-                    module_scores[name],
-                    calibrate(module_scores[name], labels, *settings, z=z),
-                )
+        module_scores = {
+            name: score for name, score, used in (("ist", ist, c.use_ist), ("cst", cst, c.use_cst)) if used
+        }
+        for name, score in module_scores.items():
+            scores[name] = score
+            if not on_val[name]:
+                thresholds[name] = calibrate(score, labels, *settings, z=z)
         rank_by = prob
         if c.classifier_evidence or neighbours or any(on_val.values()):
             # The classifier was fit to the training split's known entries; its validation scores are unbiased.
             val = self._validation_pass(features, with_pooled=neighbours, with_modules=any(on_val.values()))
             for name in (n for n, flag in on_val.items() if flag):
-                scores[name] = module_scores[name]
                 thresholds[name] = (
                     calibrate(val[name], val["labels"], *settings, pooled=True, z=z)
                     if len(val["labels"])
@@ -359,10 +358,9 @@ class HST(Method):
             if with_pooled:
                 parts["pooled"].append(_pooled_of(batch))
             if with_modules and self.ist_head is not None:
-                parts["ist"].append(intra_scores_leave_one_out(self.ist_head(batch.semantic), batch.labels).float())
+                parts["ist"].append(self._ist_scores(batch))
             if with_modules and self.prototypes is not None:
-                similarity, available = prototype_similarity(batch.semantic.float(), self.prototypes)
-                parts["cst"].append(similarity.masked_fill(~available.to(similarity.device), float("nan")))
+                parts["cst"].append(self._prototype_scores(batch.semantic.float(), self.prototypes))
         device = self.intra_threshold.device
         out: dict[str, np.ndarray] = {}
         for name, values in parts.items():
@@ -373,15 +371,23 @@ class HST(Method):
             out[name] = self.collective.gather_rows(torch.cat(values).to(device)).cpu().numpy()
         return out
 
+    def _ist_scores(self, batch: FeatureBatch) -> torch.Tensor:
+        """Leave-one-out IST scores of a batch against its own known labels."""
+        assert self.ist_head is not None
+        return intra_scores_leave_one_out(self.ist_head(batch.semantic), batch.labels).float()
+
+    @staticmethod
+    def _prototype_scores(semantic: torch.Tensor, prototypes: Prototypes) -> torch.Tensor:
+        """Mean cosine of each category feature to its class's prototypes (NaN: the class has none)."""
+        similarity, available = prototype_similarity(semantic, prototypes)
+        return similarity.masked_fill(~available.to(similarity.device), float("nan"))
+
     @staticmethod
     def _cross_fitted_cst(
         rows: torch.Tensor, semantic: torch.Tensor, folds: tuple[Prototypes, Prototypes]
     ) -> torch.Tensor:
         """CST scores of images against the prototypes of the other half of the images (NaN: none there)."""
-        scored = []
-        for fold in folds:
-            similarity, available = prototype_similarity(semantic, fold)
-            scored.append(similarity.masked_fill(~available.to(similarity.device), float("nan")))
+        scored = [HST._prototype_scores(semantic, fold) for fold in folds]
         in_first_half = (rows.to(semantic.device) % 2 == 0)[:, None]
         return torch.where(in_first_half, scored[1], scored[0])
 
