@@ -18,10 +18,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from hst.apps.diagnostics import cell_diagnostic, refuse_diagnostics
 from hst.apps.results import (
     RESULTS_FILE,
+    Result,
     aggregate,
     cell_values,
+    method_label,
     parse_results,
     proportion_figure,
     read_results,
@@ -51,6 +54,8 @@ class BenchmarkOptions:
     tune_seeds: list[int] | None = None
     """Seeds whose cells train the whole tuning grid; the other seeds of a (method, proportion) train only the
     point chosen there (None: every cell tunes)."""
+    allow_diagnostics: bool = False
+    """Train diagnostic options (``hst.apps.diagnostics``) instead of refusing them; their rows are marked."""
 
 
 def parse_tune(text: str) -> dict[str, list[list[str]]]:
@@ -90,6 +95,7 @@ def options_from_text(
     tune: str | None = None,
     tune_seeds: str | None = None,
     workers: int = 1,
+    allow_diagnostics: bool = False,
 ) -> BenchmarkOptions:
     """Options from the command line's comma-separated lists and ``--tune`` grid (None: the default)."""
     from hst.methods import available
@@ -110,6 +116,7 @@ def options_from_text(
     if tune_seeds:
         options.tune_seeds = _text_list(tune_seeds, int)
     options.workers = workers
+    options.allow_diagnostics = allow_diagnostics
     unknown = [m for m in options.methods if m not in available()]
     if unknown:
         raise ConfigError(f"unknown method(s) {unknown}; available: {', '.join(available())}")
@@ -194,6 +201,7 @@ def run_cell(plan: CellPlan, train_fn: Callable[[TrainConfig], object]) -> dict[
         "seconds": f"{time.perf_counter() - started:.1f}",
         "run_dir": str(getattr(result, "run_dir", "")),
         "chosen": " ".join(plan.points[k]),
+        "diagnostic": cell_diagnostic(plan.configs),
     }
 
 
@@ -265,6 +273,7 @@ def _run_benchmark(
         raise ConfigError(f"--tune names methods that are not benchmarked: {unknown_tuned}")
     # Validate every cell's config before the first long run starts.
     plans = {cell: _plan(options, *cell) for cell in cells}
+    refuse_diagnostics(plans.values(), options.allow_diagnostics)
     todo = [cell for cell in cells if _cell_key(*cell) not in done]
     log(f"{len(cells)} cells, {len(cells) - len(todo)} already done, {len(todo)} to run")
 
@@ -276,7 +285,7 @@ def _run_benchmark(
         rows.append(row)
         write_results(results_path, rows)
         log(
-            f"[{number}/{len(todo)}] {row['method']} p={row['proportion']} seed={row['seed']}: "
+            f"[{number}/{len(todo)}] {method_label(row)} p={row['proportion']} seed={row['seed']}: "
             f"test mAP {float(row['test_mAP']):.2f} ({float(row['seconds']):.0f} s) {row['chosen']}".rstrip()
         )
 
@@ -303,6 +312,7 @@ def _run_benchmark(
         point = chosen_point(cell)
         if point is not None:
             later.append((cell, _plan(options, *cell, chosen=point)))
+            refuse_diagnostics([later[-1][1]], options.allow_diagnostics)  # a point read back from results.csv
         else:
             log(f"{cell[0]} p={cell[1]:g} seed={cell[2]}: its tuning cell did not finish; skipped")
     failures += _run_cells(later, options, train_fn, log, finish, counter, len(todo))
@@ -382,16 +392,26 @@ def _record_failures(path: Path, failures: Sequence[object]) -> None:
             writer.writerow([method, f"{proportion:.4g}", seed, failure.reason])  # type: ignore[attr-defined]
 
 
+def _labels(results: Sequence[Result], method: str) -> list[str]:
+    """The table lines of ``method``: one per diagnostic marker it ran with (none: its plain name), in row order."""
+    return list(dict.fromkeys(r.method for r in results if r.raw.get("method") == method)) or [method]
+
+
 def markdown_table(rows: Sequence[dict[str, str]], methods: Sequence[str], proportions: Sequence[float]) -> str:
-    """Rows = methods, columns = known proportions + average; mean ± std over seeds (test mAP, %)."""
-    table = aggregate(parse_results(rows, RESULTS_FILE))
+    """Rows = methods, columns = known proportions + average; mean ± std over seeds (test mAP, %).
+
+    A method's rows trained with diagnostic options get lines of their own, labelled ``[diagnostic: …]``.
+    """
+    results = parse_results(rows, RESULTS_FILE)
+    table = aggregate(results)
     header = "| method | " + " | ".join(f"{p:.0%}" for p in proportions) + " | average |"
     lines = [header, "|---" * (len(proportions) + 2) + "|"]
-    for method in methods:
+    labels = [label for method in methods for label in _labels(results, method)]
+    for label in labels:
         cells: list[str] = []
         means: list[float] = []
         for proportion in proportions:
-            values = cell_values(table, method, proportion)
+            values = cell_values(table, label, proportion)
             if values.size == 0:
                 cells.append("—")
                 continue
@@ -399,10 +419,15 @@ def markdown_table(rows: Sequence[dict[str, str]], methods: Sequence[str], propo
             spread = f" ± {values.std(ddof=1):.1f}" if values.size > 1 else ""
             cells.append(f"{values.mean():.1f}{spread}")
         average = f"{np.mean(means):.1f}" if len(means) == len(proportions) else "—"
-        lines.append(f"| {method} | " + " | ".join(cells) + f" | {average} |")
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {average} |")
     seeds = sorted({int(r["seed"]) for r in rows})
     lines.append("")
     lines.append(f"Test mAP (%), mean ± sample std over seeds {seeds} where more than one seed ran.")
+    if any("[diagnostic:" in label for label in labels):
+        lines.append(
+            "Lines marked [diagnostic: …] trained with diagnostic options (an oracle of the hidden training "
+            "labels, or epochs selected on the test split): bounds, not results comparable with the others."
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -410,6 +435,8 @@ def plot_results(
     rows: Sequence[dict[str, str]], methods: Sequence[str], proportions: Sequence[float], path: Path
 ) -> None:
     """Test mAP against the known-label proportion for ``methods`` (the figure ``hst report`` draws too)."""
-    table = aggregate(parse_results(rows, RESULTS_FILE))
-    wanted = {m: {p: cell_values(table, m, p) for p in proportions} for m in methods}
+    results = parse_results(rows, RESULTS_FILE)
+    table = aggregate(results)
+    labels = [label for method in methods for label in _labels(results, method)]
+    wanted = {label: {p: cell_values(table, label, p) for p in proportions} for label in labels}
     proportion_figure(wanted, path, always=True)

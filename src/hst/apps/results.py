@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +27,7 @@ class Result:
     """One finished cell: a method trained at a known-label proportion with one seed."""
 
     method: str
+    """The method's name, with its diagnostic marker (:func:`method_label`)."""
     proportion: float
     seed: str
     test_map: float
@@ -44,7 +45,16 @@ FIELDS = [
     "seconds",
     "run_dir",
     "chosen",
+    "diagnostic",
 ]
+"""``diagnostic``: the diagnostic options the cell trained with (``hst.apps.diagnostics``), empty for a result."""
+
+
+def method_label(row: Mapping[str, str | None]) -> str:
+    """The row's method, suffixed ``[diagnostic: …]`` when it trained with diagnostic options."""
+    marker = (row.get("diagnostic") or "").strip()
+    method = row.get("method") or ""
+    return f"{method} [diagnostic: {marker}]" if marker else method
 
 
 def read_results(path: Path) -> list[dict[str, str]]:
@@ -77,7 +87,10 @@ def parse_results(rows: Sequence[dict[str, str | None]], where: str) -> list[Res
         if not math.isfinite(values["proportion"]):
             raise ValueError(f"{where}, line {line}: proportion is empty")
         clean = {k: (v or "") for k, v in row.items() if k is not None}
-        results.append(Result(clean["method"], values["proportion"], clean.get("seed", ""), values["test_mAP"], clean))
+        # Diagnostic rows carry their marker in the method: every table and figure keeps them apart.
+        results.append(
+            Result(method_label(clean), values["proportion"], clean.get("seed", ""), values["test_mAP"], clean)
+        )
     return results
 
 
