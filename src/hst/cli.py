@@ -163,6 +163,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         args.tune,
         args.tune_seeds,
         args.workers,
+        args.allow_diagnostics,
     )
     run_benchmark(options)
     out = Path(options.out)
@@ -226,6 +227,24 @@ def _threshold_help() -> str:
 
 
 def cmd_complete(args: argparse.Namespace) -> int:
+    if args.precision is not None:
+        from hst.apps.complete_at_precision import complete_at_precision
+        from hst.engine.module import PartialLabelModule
+
+        calibrated = complete_at_precision(
+            PartialLabelModule.from_checkpoint(Path(args.checkpoint)),
+            args.partial_labels,
+            Path(args.out),
+            args.precision,
+            data=args.data,
+            calibrate_on=args.calibrate_on,
+            negatives=not args.positives_only,
+            batch_size=args.batch_size,
+            on_error=args.on_error,
+            device=args.device,
+        )
+        _print(calibrated.lines())
+        return 0
     from hst.apps.complete import complete
 
     result = complete(
@@ -389,6 +408,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--workers", type=int, default=1, help="cells trained at once in separate processes, CPU threads shared out (1)"
     )
+    bench.add_argument(
+        "--allow-diagnostics",
+        action="store_true",
+        help="train diagnostic options (method.pseudo_label_oracle other than none, trainer.select_on=test), "
+        "refused otherwise; their rows are marked [diagnostic: ...] in results.csv and results.md",
+    )
     bench.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of the training config")
 
     extract = verb(
@@ -474,6 +499,24 @@ def build_parser() -> argparse.ArgumentParser:
         dest="no_evidence",
         action="store_true",
         help="use the classifier alone (no IST co-occurrence or CST prototype evidence)",
+    )
+    comp.add_argument(
+        "--precision",
+        type=float,
+        default=None,
+        help="fill with the cross-fitted rule calibrated per class on the known labels so that the filled labels "
+        "are P precise (e.g. 0.9); classes that cannot reach P are left unfilled and listed (replaces the "
+        "confidence rule and its options)",
+    )
+    comp.add_argument(
+        "--calibrate-on",
+        dest="calibrate_on",
+        default=None,
+        help="with --precision: the manifest before a person reviewed it; only its (randomly chosen) known "
+        "labels calibrate the rule",
+    )
+    comp.add_argument(
+        "--positives-only", dest="positives_only", action="store_true", help="with --precision: fill positives only"
     )
     _inference_arguments(comp)
 

@@ -212,6 +212,21 @@ def mean_average_precision(scores: np.ndarray, labels: np.ndarray, class_names: 
     return float(100.0 * interp[keep].mean())
 
 
+def positives_only_labels(labels: np.ndarray) -> np.ndarray:
+    """Labels for model selection when some classes have no known negative (single-positive labels).
+
+    In such a class every known entry is positive, so AP over known entries is 100 for any scorer. There the unknown
+    entries are taken as negatives: how far the known positives rank above the unlabelled images, which orders
+    scorers like the true AP when the known positives are a random sample of the positives. Other classes keep
+    their labels.
+    """
+    labels = np.asarray(labels)
+    no_negative = ~(labels == NEGATIVE).any(axis=0)
+    if not no_negative.any():
+        return labels
+    return np.where((labels == UNKNOWN) & no_negative[None, :], NEGATIVE, labels).astype(labels.dtype)
+
+
 def chance_map(labels: np.ndarray) -> float:
     """Expected mAP (percent) of an uninformative scorer: mean known-positive rate over classes with a positive."""
     label_array = as_label_matrix(_to_numpy(labels))

@@ -84,7 +84,12 @@ def _nest(key: str, value: Any) -> dict[str, Any]:
     return out
 
 
-RETIRED_KEYS: dict[str, Any] = {"model.sarl_gate": False, "method.pooled_calibration": False}
+RETIRED_KEYS: dict[str, Any] = {
+    "model.sarl_gate": False,
+    "method.pooled_calibration": False,
+    "method.calibration_split": "validation",
+    "method.relabel_every": 1,
+}
 """Keys that briefly existed, with the value that meant "off": a saved config that has them at that value still
 loads (the key is dropped); any other value is an error, since its behaviour no longer exists."""
 

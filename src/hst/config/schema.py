@@ -18,6 +18,10 @@ class DataConfig:
     """Data spec of the test set; None carves ``test_fraction`` of the training source out as test set."""
     partial_labels: str | None = None
     """CSV manifest of partial labels for the training source (overrides scheme/proportion)."""
+    calibration_labels: str | None = None
+    """CSV manifest of the training labels before a person reviewed some (``hst review``): people do not pick the
+    entries they answer at random, so only these known entries calibrate HST's pseudo labels; every label of
+    partial_labels is still trained on. Its known entries must agree with partial_labels."""
     scheme: str = "entry"
     proportion: float = 0.3
     """Known-label proportion of the training source; 1.0 keeps its labels as they are."""
@@ -86,47 +90,42 @@ class MethodConfig:
     """IST pair kernel: 'eager' or 'compiled' (torch.compile-fused; faster, one-off compile of tens of seconds)."""
     use_cst: bool = True
     thresholds: str = "calibrated"
-    """Pseudo-label thresholds: 'calibrated' (per class, recomputed each pseudo-label epoch from the known
-    entries to reach target_precision; see hst.methods.thresholds), 'learned' (published DTL scalars), or
-    'fixed' (intra_threshold / inter_threshold as given)."""
+    """Pseudo-label thresholds: 'calibrated' (one cross-fitted rule, per class from the known training entries to
+    reach target_precision; see hst.methods.pseudo_label_round), 'learned' (published DTL scalars), or 'fixed'
+    (intra_threshold / inter_threshold as given)."""
     target_precision: float = 0.9
-    """Calibrated thresholds: precision of pseudo positives on the held-out known entries."""
+    """Calibrated mode: precision of pseudo positives, measured on the known entries with out-of-fold scores."""
     negative_precision: float = 0.98
-    """Calibrated thresholds: precision of pseudo negatives on the held-out known entries."""
+    """Calibrated mode: precision of pseudo negatives (method.pseudo_negatives), measured the same way."""
     calibration_min_positives: int = 5
-    calibration_split: str = "validation"
-    """Calibrated mode: where the IST and CST thresholds are calibrated: 'validation' (images the head never trained
-    on) or 'training' (the known training entries, leave-one-out / cross-fitted; the category features were fit to
-    those very labels, which overstates the precision on unknown entries)."""
+    """Calibrated mode: a class gets pseudo positives only with at least this many known positives above its
+    threshold."""
+    calibration_min_negatives: int = 5
+    """Calibrated mode: ... and at least this many known negatives (without them precision cannot be measured)."""
     positive_cap: float = 1.0
     """Calibrated mode: per class, at most this share of the expected number of hidden positives (the known positive
     rate × the unknown entries) become pseudo positives, the best ranked first."""
     pseudo_label_oracle: str = "none"
     """Diagnostic upper bounds from the full training labels (data that has them only): 'hidden' makes every hidden
     positive a pseudo positive, 'clean' keeps only the correct ones of HST's own pseudo labels; 'none' = HST."""
-    relabel_every: int = 1
-    """Calibrated mode: pseudo labels are decided anew every this many epochs from pseudo_label_epoch on (0 = once,
-    by the model that has seen known labels only; later decisions score entries the model was trained to call
-    positive, which lowers their precision)."""
-    calibration_z: float = 0.0
-    """Calibrated thresholds: precision on the known entries is a Wilson lower bound at this many standard
-    deviations (0: ``TP / (k + 1)``), so that a lucky stretch of a small calibration set does not pass."""
-    """A class gets calibrated pseudo positives only with at least this many scored known positives."""
+    calibration_z: float = 1.28
+    """Calibrated mode: precision on the known entries is a Wilson lower bound at this many standard deviations
+    (0: ``TP / (k + 1)``), so that the luckiest cut of a small calibration set does not pass."""
     pseudo_negatives: bool = False
     """Calibrated mode: also turn unknown entries with strong negative evidence into negatives (off by default: on
     VOC 2007 they cost mAP although 99% precise; see docs/results.md, row hst_pseudo_negatives)."""
     classifier_evidence: bool = True
-    """Calibrated mode: the classifier's own probabilities are a third source of evidence next to IST and CST
-    (calibrated on the validation split's known entries, which the classifier never trained on)."""
+    """Calibrated mode: the rule's score includes a K-fold linear probe of the label-free pooled features (the
+    classifier evidence, out of fold); False = the CST neighbours alone."""
     pseudo_label_weight: float = 1.0
     """Calibrated mode: loss weight of a pseudo-labelled entry relative to a known one."""
     unknown_negative_weight: float = 0.0
     """Calibrated mode, before the first pseudo-label epoch: weight of unknown entries taken as negatives
     (0 = known labels only, the default: assume-negative warm-up memorises the hidden positives)."""
     cst_neighbours: int = 20
-    """Calibrated mode: CST also scores each unknown entry by the image's this many nearest training images with a
-    known positive of the class against those with a known negative (standardised pooled backbone features), and
-    the classifier's evidence becomes its logit plus this margin, calibrated together (0 = off)."""
+    """Calibrated mode: the rule's score includes CST at image level, the margin of the image's this many nearest
+    training images with a known positive of the class over those with a known negative (standardised label-free
+    pooled features, leave-one-out; 0 = off)."""
     neighbour_bank: int = 16384
     """cst_neighbours: at most this many training images (evenly spread) are the neighbours searched."""
     learn_thresholds: bool = True

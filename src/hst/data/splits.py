@@ -39,6 +39,8 @@ class Splits:
     test_rows: np.ndarray | None = None
     skipped: list[tuple[str, str]] = field(default_factory=list)
     """(image file, reason) of every image left out under data.unreadable_images=skip."""
+    train_calibration: np.ndarray | None = None
+    """Known training entries chosen at random (data.calibration_labels); None: all known entries are."""
 
 
 def _split_indices(n: int, fractions: tuple[float, ...], seed: int) -> list[np.ndarray]:
@@ -176,6 +178,18 @@ def prepare_splits(config: DataConfig) -> Splits:
         )
     if config.val_labels not in {"partial", "full"}:
         raise ValueError(f"data.val_labels must be 'partial' or 'full', got {config.val_labels!r}")
+    calibration = None
+    if config.calibration_labels:
+        path = Path(config.calibration_labels)
+        calibration = _partial_labels(path, source, config.train, notes)
+        disagree = (calibration != 0) & (calibration != partial)
+        if disagree.any():
+            row, col = np.argwhere(disagree)[0]
+            raise DataError(
+                f"{path}: {int(disagree.sum())} known labels differ from the training labels, e.g. image "
+                f"{source.image_ids[row]!r}, class {source.class_names[col]!r}"
+            )
+        calibration = calibration[train_idx]
     train = source.subset(train_idx).with_labels(partial[train_idx])
     val_labels = partial[val_idx] if config.val_labels == "partial" else full[val_idx]
     val = source.subset(val_idx).with_labels(val_labels)
@@ -191,6 +205,7 @@ def prepare_splits(config: DataConfig) -> Splits:
         test_source=test_source,
         test_rows=test_rows,
         skipped=skipped,
+        train_calibration=calibration,
     )
 
 

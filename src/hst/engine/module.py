@@ -16,7 +16,7 @@ from hst.checkpoint import CHECKPOINT_FORMAT, config_from_dict, plain, read_chec
 from hst.config import TrainConfig
 from hst.methods import StepContext, create
 from hst.methods.base import FeatureBatch, TorchDistributed
-from hst.metrics import evaluate
+from hst.metrics import evaluate, positives_only_labels
 from hst.models.network import NetworkOutput, PartialLabelNetwork, build_network
 
 DEFAULT_THRESHOLD = 0.5
@@ -58,6 +58,8 @@ class PartialLabelModule(L.LightningModule):
         """Method parameters a loaded checkpoint did not provide (they keep their initial values)."""
         self.method_keys_ignored: list[str] = []
         self.checkpoint_info: dict[str, Any] = {}
+        self.pretrained_weights: str = config.model.weights
+        """The backbone's starting weights (a loaded checkpoint's config says 'none': its weights are its own)."""
 
     features_cached: bool = False
     """True when batches hold cached backbone feature maps instead of images."""
@@ -205,6 +207,8 @@ class PartialLabelModule(L.LightningModule):
         if gathered is None:
             return
         scores, labels = gathered[0].numpy(), gathered[1].numpy()
+        if stage == "val":
+            labels = positives_only_labels(labels)
         self.last_scores[stage] = (scores, labels)
         with warnings.catch_warnings():
             # Small validation splits may miss rare classes; they are left out of mAP on purpose.
@@ -314,6 +318,7 @@ class PartialLabelModule(L.LightningModule):
         class_names = [str(name) for name in payload["hst_class_names"]]
         state: dict[str, torch.Tensor] = payload["state_dict"]
         # Weights, embeddings and graph come from the checkpoint; nothing pretrained is read.
+        pretrained = config.model.weights
         config.model.weights = "none"
         embeddings = None
         if config.model.head == "sarl":
@@ -336,6 +341,7 @@ class PartialLabelModule(L.LightningModule):
         module.method_keys_missing = sorted(k for k in own if k not in usable)
         module.method_keys_ignored = sorted(k for k in saved_method if k not in usable)
         module.on_load_checkpoint(payload)
+        module.pretrained_weights = pretrained
         module.checkpoint_info = {
             key: payload.get(key) for key in ("hst_format", "hst_version", "hst_backbone", "hst_embeddings_source")
         }

@@ -82,9 +82,12 @@ def _feature_caches(
     if mode == "off" or config.model.trainable != "none":
         return None
     assert splits.source is not None and splits.test_source is not None
-    caches = extract_split_features(
-        module.network.backbone, splits, config.data, config.model.channels_last, config.trainer.progress_bar
-    )
+    # Iterating a DataLoader draws from the global generator: a run that builds the cache must train like one that
+    # reuses it.
+    with torch.random.fork_rng():
+        caches = extract_split_features(
+            module.network.backbone, splits, config.data, config.model.channels_last, config.trainer.progress_bar
+        )
     module.features_cached = True
     # Heads that pool 2×2 first (or average globally) read the pooled maps from memory: 4× less data per epoch.
     pools = config.model.head == "linear" or config.model.avg_pool_2x2
@@ -182,6 +185,7 @@ def _train_in(
     splits = prepare_splits(config.data)
     summary = describe_splits(splits) + notes
     module = PartialLabelModule(config, splits.train.class_names, splits.train.labels, len(splits.train))
+    module.method.calibration_labels = splits.train_calibration
     backbone = module.network.backbone
     caches = _feature_caches(config, splits, module)
     if caches is not None:

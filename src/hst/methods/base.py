@@ -180,6 +180,9 @@ class Method(nn.Module):
         self.feature_dim = feature_dim
         self.num_train = num_train
         self.collective: Collective = Collective()
+        self.calibration_labels: np.ndarray | None = None
+        """``num_train×C`` known entries chosen at random, by training row, where a person chose others
+        (``data.calibration_labels``); None: every known entry was hidden at random."""
         """Set by the engine under data parallelism; methods gather cross-process state through it."""
 
     def training_loss(self, output: NetworkOutput, labels: torch.Tensor, ctx: StepContext) -> LossOutput:

@@ -3,11 +3,13 @@
 Objective per step (hst-reference §6.5), e = epoch, w = linear ramp over epoch 0:
     L_cls + w·λ_co·ASL_cooc(m, y) + w·λ_inst·L_inst(f, y)  [+ λ_p·L_proto once prototypes exist]
 
-``method.thresholds=calibrated`` (default): before ``pseudo_label_epoch`` L_cls is BCE on the known labels
-plus the unknown entries as negatives at weight ``unknown_negative_weight``; from then on, at the start of
-every epoch, per-class thresholds are calibrated on the known entries (``hst.methods.thresholds``) and the
-unknown entries get pseudo positives and pseudo negatives from IST, CST and classifier evidence; L_cls is BCE on
-known + pseudo-labelled entries, the rest ignored.
+``method.thresholds=calibrated`` (default): before the first training step, the pseudo labels of the unknown training
+entries are decided once by the cross-fitted rule (``hst.methods.pseudo_label_round``: a K-fold linear probe and
+the image-level CST neighbours on the label-free pooled features, one threshold per class calibrated on the known
+entries to ``target_precision``). Before ``pseudo_label_epoch`` L_cls is BCE on the known labels plus the unknown
+entries as negatives at weight ``unknown_negative_weight``; from then on BCE on known + pseudo-labelled entries, the
+rest ignored. Classes with no known negative (single-positive labels) cannot be calibrated: their unknown entries
+are weak negatives at weight 1/(C−1) throughout (the "weak assume negative" of Cole et al., 2021).
 
 ``method.thresholds=learned`` (the published DTL) or ``fixed``: L_cls = BCE(s, y), and e ≥ pseudo_label_epoch
 adds + BCE(s, ŷ_intra) + λ_dtl·BCE(q_intra, y) (IST) + BCE(s, ŷ_inter) + λ_dtl·BCE(q_inter, y) (CST), pseudo
@@ -16,6 +18,7 @@ positives only. Known labels never change.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -32,31 +35,22 @@ from hst.losses import (
     weighted_bce,
 )
 from hst.methods.base import Evidence, FeatureBatch, FeatureSource, LossOutput, Method, StepContext
-from hst.methods.neighbour_evidence import neighbour_evidence
+from hst.methods.pseudo_label_round import PseudoLabelRound, RoundSettings, pseudo_label_round, round_logs
 from hst.methods.semantic_transfer import cooccurrence_term, known_and_cooccurrence_loss, pseudo_label_logs
-from hst.methods.thresholds import (
-    ORACLES,
-    ClassThresholds,
-    by_agreement,
-    calibrate,
-    decide,
-    oracle_targets,
-    quality,
-)
-from hst.models.cst import Prototypes, inter_scores, prototype_similarity, prototypes_from_lists
+from hst.methods.thresholds import NO_THRESHOLD_LOW, ORACLES, ClassThresholds, oracle_targets
+from hst.models.cst import Prototypes, inter_scores, prototypes_from_lists
 from hst.models.ist import ISTHead, intra_scores, intra_scores_leave_one_out
 from hst.models.network import NetworkOutput
 
 THRESHOLD_MODES = ("calibrated", "learned", "fixed")
-CALIBRATION_SPLITS = ("validation", "training")
-CALIBRATION_KEEP_ELEMENTS = 2**26
-"""Semantic features of the training split up to this many floats (256 MiB) stay in memory between the two
-uses of a calibration pass; larger splits are read twice instead."""
+log = logging.getLogger(__name__)
 
 
 def _pooled_of(batch: FeatureBatch) -> torch.Tensor:
     if batch.pooled is None:
-        raise ValueError("method.cst_neighbours needs pooled backbone features, which this network does not give")
+        raise ValueError(
+            "method.thresholds=calibrated needs pooled backbone features, which this network does not give"
+        )
     return batch.pooled.float()
 
 
@@ -71,10 +65,6 @@ class HST(Method):
         super().__init__(config, num_classes, feature_dim, num_train)
         if config.thresholds not in THRESHOLD_MODES:
             raise ValueError(f"method.thresholds must be one of {THRESHOLD_MODES}, got {config.thresholds!r}")
-        if config.calibration_split not in CALIBRATION_SPLITS:
-            raise ValueError(
-                f"method.calibration_split must be one of {CALIBRATION_SPLITS}, got {config.calibration_split!r}"
-            )
         if config.pseudo_label_oracle not in ORACLES:
             raise ValueError(f"method.pseudo_label_oracle must be one of {ORACLES}, got {config.pseudo_label_oracle!r}")
         if config.pseudo_label_oracle != "none" and config.thresholds != "calibrated":
@@ -91,6 +81,8 @@ class HST(Method):
         self.pseudo_targets: torch.Tensor | None = None
         """Calibrated mode: int8 ``num_train×C`` pseudo labels of the current epoch, by training row."""
         self.calibration: dict[str, ClassThresholds] = {}
+        self.weak_negative_classes: torch.Tensor | None = None
+        """Calibrated mode: bool C, classes without a known negative (their unknown entries are weak negatives)."""
         self._epoch_counts: dict[str, float] = {}
 
     @property
@@ -123,10 +115,7 @@ class HST(Method):
         ist_ok = self.ist_head is not None and not any(key.startswith("ist_head.") for key in missing)
         cst_ok = self.prototypes is not None
         if self.calibrated:
-            if ist_ok and "ist" in self.calibration:
-                out.append(Evidence("IST", self._ist_evidence, self.calibration["ist"].positive))
-            if cst_ok and "cst" in self.calibration:
-                out.append(Evidence("CST", self._cst_evidence, self.calibration["cst"].positive))
+            # The calibrated rule scores a whole dataset at once (cross-fitted): `hst complete --precision` runs it.
             return out
         if ist_ok and "intra_threshold" not in missing:
             out.append(Evidence("IST", self._ist_evidence, np.full(num, float(self.intra_threshold)), strict=True))
@@ -190,10 +179,12 @@ class HST(Method):
     def on_train_epoch_start(self, epoch: int, features: FeatureSource) -> dict[str, float]:
         self._epoch_counts = {}
         logs = self._threshold_logs()
-        if self.calibrated:
-            if self._relabel_epoch(epoch):
-                logs |= self._calibrate(epoch, features)
-            return logs
+        if self.calibrated and self.pseudo_targets is None:
+            if epoch > 0:
+                log.warning(
+                    "pseudo labels decided at epoch %d: the pooled features may have been trained by then", epoch
+                )
+            logs |= self._pseudo_label_round(epoch, features)
         if not self._prototype_epoch(epoch):
             return logs
         feats, classes, rows = self._known_positive_features(features)
@@ -202,14 +193,21 @@ class HST(Method):
         return logs
 
     # calibrated pseudo labels ------------------------------------------------------------------------
-    def _relabel_epoch(self, epoch: int) -> bool:
-        """Whether this epoch decides new pseudo labels (calibrated mode)."""
+    def _round_settings(self, seed: int) -> RoundSettings:
         c = self.config
-        if epoch < c.pseudo_label_epoch:
-            return False
-        if self.pseudo_targets is None:
-            return True  # first time (or after a resume that carried none)
-        return c.relabel_every > 0 and (epoch - c.pseudo_label_epoch) % c.relabel_every == 0
+        return RoundSettings(
+            target_precision=c.target_precision,
+            negative_precision=c.negative_precision,
+            negatives=c.pseudo_negatives,
+            min_positives=c.calibration_min_positives,
+            min_negatives=c.calibration_min_negatives,
+            z=c.calibration_z,
+            neighbours=c.cst_neighbours if c.use_cst else 0,
+            probe=c.classifier_evidence,
+            seed=seed,
+            positive_cap=c.positive_cap,
+            bank_limit=c.neighbour_bank,
+        )
 
     def _gather_sorted(self, rows: torch.Tensor, *arrays: torch.Tensor) -> list[np.ndarray]:
         """Rows of every process in dataset-row order (each process scored its own share)."""
@@ -221,175 +219,50 @@ class HST(Method):
         return [rows.cpu()[order].numpy(), *(a.cpu()[order].numpy() for a in arrays)]
 
     @torch.no_grad()
-    def _calibrate(self, epoch: int, features: FeatureSource) -> dict[str, float]:
-        """Score every training entry with each evidence source, calibrate per-class thresholds on the known
-        entries, and fix this epoch's pseudo labels (``self.pseudo_targets``)."""
+    def _pseudo_label_round(self, epoch: int, features: FeatureSource) -> dict[str, float]:
+        """Decide the pseudo labels of the unknown training entries once, from label-free features.
+
+        Called before the first training step, so the pooled backbone features have seen no label even when the
+        backbone trains; the rule is cross-fitted and calibrated where it is applied
+        (:mod:`hst.methods.pseudo_label_round`)."""
         c = self.config
-        nan = float("nan")
-        parts: dict[str, list[torch.Tensor]] = {
-            k: [] for k in ("rows", "labels", "full", "logit", "ist", "semantic", "pooled")
-        }
-        positives: tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]] = ([], [], [])
-        neighbours = c.use_cst and c.cst_neighbours > 0
-        kept = 0
+        parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("rows", "labels", "full", "pooled")}
         for batch in features("train"):
             parts["rows"].append(batch.indices.long())
             parts["labels"].append(batch.labels.to(torch.int8))
             full = batch.full_labels if batch.full_labels is not None else torch.zeros_like(batch.labels)
             parts["full"].append(full.to(torch.int8))
-            parts["logit"].append(batch.logits.float())
-            if neighbours:
-                parts["pooled"].append(_pooled_of(batch))
-            if self.ist_head is not None:
-                parts["ist"].append(self._ist_scores(batch))
-            else:
-                parts["ist"].append(torch.full(batch.logits.shape, nan, device=batch.logits.device))
-            if c.use_cst:
-                rows, classes = torch.nonzero(batch.labels > 0, as_tuple=True)
-                positives[0].append(batch.semantic[rows, classes].float())
-                positives[1].append(classes)
-                positives[2].append(batch.indices.to(classes.device)[rows])
-                # Small splits keep their features for the CST scores; large ones are read a second time.
-                kept += batch.semantic.numel()
-                if kept <= CALIBRATION_KEEP_ELEMENTS:
-                    parts["semantic"].append(batch.semantic.float())
-        if c.use_cst:
-            feats = torch.cat(positives[0]) if positives[0] else torch.zeros(0, self.feature_dim)
-            classes = torch.cat(positives[1]) if positives[1] else torch.zeros(0, dtype=torch.long)
-            rows = torch.cat(positives[2]) if positives[2] else torch.zeros(0, dtype=torch.long)
-            self.prototypes = self._cluster(feats, classes, rows, seed=epoch)
-            # Cross-fitting: each half of the images is scored against prototypes of the other half only.
-            half = rows % 2
-            folds = (
-                self._cluster(feats[half == 0], classes[half == 0], rows[half == 0], seed=epoch),
-                self._cluster(feats[half == 1], classes[half == 1], rows[half == 1], seed=epoch),
-            )
-            if kept <= CALIBRATION_KEEP_ELEMENTS:
-                semantic_batches = zip(parts["rows"], parts["semantic"], strict=True)
-            else:
-                semantic_batches = ((b.indices.long(), b.semantic.float()) for b in features("train"))
-            parts["cst"] = [self._cross_fitted_cst(rows, semantic, folds) for rows, semantic in semantic_batches]
-        else:
-            parts["cst"] = [torch.full_like(logit, nan) for logit in parts["logit"]]
-        parts.pop("semantic")
+            parts["pooled"].append(_pooled_of(batch))
         if not parts["rows"]:
             return {}
-        cat = {k: torch.cat(v) for k, v in parts.items() if v}
-        names = ["labels", "full", "logit", "ist", "cst", *(["pooled"] if neighbours else [])]
-        rows_np, *gathered = self._gather_sorted(cat["rows"], *(cat[name] for name in names))
-        train = dict(zip(names, gathered, strict=True))
-        labels, full, ist, cst = train["labels"].astype(np.int8), train["full"], train["ist"], train["cst"]
-        prob = torch.sigmoid(torch.from_numpy(train["logit"])).numpy()
-        scores: dict[str, np.ndarray] = {}
-        thresholds: dict[str, ClassThresholds] = {}
-        settings = (c.target_precision, c.negative_precision, c.calibration_min_positives)
-        z = c.calibration_z
-        # IST and CST score the category features, which the head fits to the known training labels: calibrated on
-        # those entries they overstate the precision on unknown ones, so by default they are calibrated on validation.
-        on_val = {
-            "ist": c.use_ist and c.calibration_split == "validation",
-            "cst": c.use_cst and c.calibration_split == "validation" and self.prototypes is not None,
-        }
-        module_scores = {
-            name: score for name, score, used in (("ist", ist, c.use_ist), ("cst", cst, c.use_cst)) if used
-        }
-        for name, score in module_scores.items():
-            scores[name] = score
-            if not on_val[name]:
-                thresholds[name] = calibrate(score, labels, *settings, z=z)
-        rank_by = prob
-        if c.classifier_evidence or neighbours or any(on_val.values()):
-            # The classifier was fit to the training split's known entries; its validation scores are unbiased.
-            val = self._validation_pass(features, with_pooled=neighbours, with_modules=any(on_val.values()))
-            for name in (n for n, flag in on_val.items() if flag):
-                thresholds[name] = (
-                    calibrate(val[name], val["labels"], *settings, pooled=True, z=z)
-                    if len(val["labels"])
-                    else calibrate(module_scores[name], labels, *settings, z=z)  # no validation split
-                )
-            if neighbours and len(train["pooled"]) == len(rows_np):
-                found = neighbour_evidence(
-                    train["pooled"],
-                    labels,
-                    train["logit"],
-                    val["pooled"],
-                    val["logit"],
-                    c.cst_neighbours,
-                    c.neighbour_bank,
-                )
-                # Leave-one-out margins of known entries: calibrated on the training split like IST and CST.
-                scores["neighbours"] = found.margin
-                thresholds["neighbours"] = calibrate(found.margin, labels, *settings, z=z)
-                if c.classifier_evidence and len(val["labels"]):
-                    scores["joint"], rank_by = found.joint, found.joint
-                    thresholds["joint"] = calibrate(found.joint_val, val["labels"], *settings, pooled=True, z=z)
-            elif c.classifier_evidence and len(val["labels"]):
-                vp = torch.sigmoid(torch.from_numpy(val["logit"])).numpy()
-                scores["classifier"] = prob
-                thresholds["classifier"] = calibrate(vp, val["labels"], *settings, pooled=True, z=z)
-        decision = decide(
-            labels, scores, thresholds, rank_by=rank_by, negatives=c.pseudo_negatives, cap_share=c.positive_cap
-        )
-        decision.targets = oracle_targets(decision.targets, labels, full, c.pseudo_label_oracle)
+        rows_np, labels, full, pooled = self._gather_sorted(*(torch.cat(parts[k]) for k in parts))
+        labels = labels.astype(np.int8)
+        weak = ~(labels < 0).any(0)
+        self.weak_negative_classes = torch.from_numpy(weak)
+        if weak.any():
+            log.warning("%d classes have no known negative: their unknown entries are weak negatives", int(weak.sum()))
+        chosen = None if self.calibration_labels is None else np.asarray(self.calibration_labels)[rows_np]
+        result = pseudo_label_round(pooled, labels, self._round_settings(seed=epoch), chosen)
+        targets = oracle_targets(result.targets, labels, full, c.pseudo_label_oracle)
         table = torch.zeros(max(self.num_train, int(rows_np.max()) + 1), self.num_classes, dtype=torch.int8)
-        table[torch.from_numpy(rows_np)] = torch.from_numpy(decision.targets)
+        table[torch.from_numpy(rows_np)] = torch.from_numpy(targets)
         self.pseudo_targets = table.to(self.intra_threshold.device)
-        self.calibration = thresholds
+        self.calibration = {"cross_fitted": ClassThresholds(result.positive.threshold, self._negative_of(result))}
+        refused = result.positive.summary()
+        if refused:
+            num = self.num_classes
+            log.warning("no pseudo positives for %d of %d classes: %s", len(refused), num, "; ".join(refused))
         has_truth = bool((full != 0).any())
-        logs: dict[str, float] = {}
-        for name, values in {**decision.sources, "all": decision.targets, **by_agreement(decision)}.items():
-            for key, value in quality(values, labels, full if has_truth else None).items():
-                logs[f"pseudo_{name}_{key}"] = value
-        for name, t in thresholds.items():
-            logs[f"calibrated_{name}_classes"] = float(np.isfinite(t.positive).sum())
-        if self.prototypes is not None:
-            logs["prototype_classes"] = float(self.prototypes.valid.any(dim=1).sum())
+        result.targets = targets
+        logs = round_logs(result, labels, full if has_truth else None)
+        logs["uncalibrated_classes"] = float((~result.positive.calibrated).sum())
         return logs
 
-    def _validation_pass(
-        self, features: FeatureSource, with_pooled: bool, with_modules: bool = False
-    ) -> dict[str, np.ndarray]:
-        """Logits, labels (pooled features; IST and CST scores) of the whole validation split, the same on every
-        process."""
-        parts: dict[str, list[torch.Tensor]] = {"logit": [], "labels": [], "pooled": [], "ist": [], "cst": []}
-        for batch in features("val"):
-            parts["logit"].append(batch.logits.float())
-            parts["labels"].append(batch.labels.to(torch.int8))
-            if with_pooled:
-                parts["pooled"].append(_pooled_of(batch))
-            if with_modules and self.ist_head is not None:
-                parts["ist"].append(self._ist_scores(batch))
-            if with_modules and self.prototypes is not None:
-                parts["cst"].append(self._prototype_scores(batch.semantic.float(), self.prototypes))
-        device = self.intra_threshold.device
-        out: dict[str, np.ndarray] = {}
-        for name, values in parts.items():
-            if not values:
-                out[name] = np.zeros((0, self.num_classes), dtype=np.float32)
-                continue
-            # Under data parallelism every process calibrates on the whole validation split, so all agree.
-            out[name] = self.collective.gather_rows(torch.cat(values).to(device)).cpu().numpy()
-        return out
-
-    def _ist_scores(self, batch: FeatureBatch) -> torch.Tensor:
-        """Leave-one-out IST scores of a batch against its own known labels."""
-        assert self.ist_head is not None
-        return intra_scores_leave_one_out(self.ist_head(batch.semantic), batch.labels).float()
-
     @staticmethod
-    def _prototype_scores(semantic: torch.Tensor, prototypes: Prototypes) -> torch.Tensor:
-        """Mean cosine of each category feature to its class's prototypes (NaN: the class has none)."""
-        similarity, available = prototype_similarity(semantic, prototypes)
-        return similarity.masked_fill(~available.to(similarity.device), float("nan"))
-
-    @staticmethod
-    def _cross_fitted_cst(
-        rows: torch.Tensor, semantic: torch.Tensor, folds: tuple[Prototypes, Prototypes]
-    ) -> torch.Tensor:
-        """CST scores of images against the prototypes of the other half of the images (NaN: none there)."""
-        scored = [HST._prototype_scores(semantic, fold) for fold in folds]
-        in_first_half = (rows.to(semantic.device) % 2 == 0)[:, None]
-        return torch.where(in_first_half, scored[1], scored[0])
+    def _negative_of(result: PseudoLabelRound) -> np.ndarray:
+        if result.negative is None:
+            return np.full(len(result.positive.threshold), NO_THRESHOLD_LOW)
+        return -result.negative.threshold
 
     def _classification_loss(
         self, logits: torch.Tensor, labels: torch.Tensor, ctx: StepContext
@@ -397,14 +270,21 @@ class HST(Method):
         """Calibrated mode: BCE on known entries and, per phase, unknown-as-negative or pseudo-labelled ones."""
         c = self.config
         known = labels != 0
+        weak = torch.zeros(labels.shape[1], dtype=torch.bool, device=labels.device)
+        if self.weak_negative_classes is not None:
+            weak = self.weak_negative_classes.to(labels.device)
+        weak_weight = 1.0 / max(self.num_classes - 1, 1)
         if ctx.epoch >= c.pseudo_label_epoch and self.pseudo_targets is not None:
             pseudo = self.pseudo_targets[ctx.indices.to(self.pseudo_targets.device)].to(labels.device, labels.dtype)
+            pseudo = torch.where((pseudo == 0) & weak[None, :], torch.full_like(pseudo, -1), pseudo)
             targets = torch.where(known, labels, pseudo)
-            weights = torch.where(known, 1.0, torch.where(pseudo != 0, c.pseudo_label_weight, 0.0))
+            unknown_weight = torch.where(weak[None, :] & (pseudo < 0), weak_weight, c.pseudo_label_weight)
+            weights = torch.where(known, 1.0, torch.where(pseudo != 0, unknown_weight, 0.0))
             loss = weighted_bce(logits, targets, weights)
             return loss, {"bce": float(loss.detach()), "pseudo_entries": float((~known & (pseudo != 0)).sum())}
         targets = torch.where(known, labels, torch.full_like(labels, -1))
-        weights = torch.where(known, 1.0, c.unknown_negative_weight)
+        unknown_weight = torch.where(weak[None, :], weak_weight, c.unknown_negative_weight)
+        weights = torch.where(known, 1.0, unknown_weight)
         loss = weighted_bce(logits, targets, weights)
         return loss, {"bce": float(loss.detach())}
 
@@ -481,6 +361,7 @@ class HST(Method):
             else {k: v.cpu() for k, v in self.prototypes.state_dict().items()},
             "pseudo_targets": None if self.pseudo_targets is None else self.pseudo_targets.cpu(),
             "calibration": {name: t.to_dict() for name, t in self.calibration.items()},
+            "weak_negative_classes": self.weak_negative_classes,
         }
         return state
 
@@ -488,6 +369,7 @@ class HST(Method):
         device = self.intra_threshold.device
         saved = state.get("prototypes")
         self.prototypes = None if saved is None else Prototypes.from_state_dict(saved).to(device)
+        self.weak_negative_classes = state.get("weak_negative_classes")
         table = state.get("pseudo_targets")
         self.pseudo_targets = None if table is None else table.to(device)
         self.calibration = {

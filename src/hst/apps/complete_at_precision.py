@@ -1,0 +1,235 @@
+"""``hst complete --precision P``: fill unknown labels with the cross-fitted rule, calibrated per class to P.
+
+The rule is the one HST's pseudo labels use (:mod:`hst.methods.pseudo_label_round`), run on the dataset being
+completed: its own known entries calibrate it, with scores that never saw their own label, from the label-free
+pooled features of the checkpoint's backbone (its pretrained weights when the checkpoint trained the backbone,
+since trained features were fit to labels). Positives and negatives are each calibrated to P. A class that cannot
+reach P on its known entries, or cannot be measured (too few known positives or negatives), gets no fill of that
+polarity, and the output says why.
+
+The promise holds when the known entries are a random sample of the entries (the partial-label protocol). Labels
+chosen by a person (``hst review``) are not: pass ``--calibrate-on`` with the manifest as it was before the review,
+and only those labels calibrate; the reviewed ones are still used as neighbours and probe targets.
+
+Outputs: ``OUT.csv`` (the completed manifest), ``OUT.confidence.csv`` (one row per filled entry: image, label,
+value, score, threshold) and ``OUT.classes.csv`` (per class and polarity: threshold, known entries above it, their
+precision, fills, and the reason where there are none).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from hst.apps.complete import confidence_path, load_partial
+from hst.apps.inference import csv_text, run_network
+from hst.config import ConfigError
+from hst.data.base import DataError
+from hst.engine.module import PartialLabelModule
+from hst.io import write_text_atomic
+from hst.labels import LABEL_DTYPE, UNKNOWN
+from hst.methods.calibration import Calibration, clopper_pearson
+from hst.methods.pseudo_label_round import PseudoLabelRound, RoundSettings, pseudo_label_round
+
+
+@dataclass
+class PrecisionCompletion:
+    class_names: list[str]
+    partial: np.ndarray
+    completed: np.ndarray
+    precision: float
+    round: PseudoLabelRound
+    out_csv: Path
+    truth: np.ndarray | None = None
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    note: str = ""
+    """Why the promise may not hold (empty when it should)."""
+
+    @property
+    def filled(self) -> np.ndarray:
+        return self.completed != self.partial
+
+    def evaluation(self, sign: int) -> dict[str, float]:
+        """Against the ground truth: fills of ``sign``, correct ones, precision with its 95% Clopper–Pearson
+        interval, and the recall of the hidden entries of that sign."""
+        assert self.truth is not None
+        chosen = self.filled & (self.completed == sign)
+        known_truth = self.truth != UNKNOWN
+        count, correct = int((chosen & known_truth).sum()), int((chosen & (self.truth == sign)).sum())
+        hidden = int(((self.partial == UNKNOWN) & (self.truth == sign)).sum())
+        low, high = clopper_pearson(correct, max(count, 1))
+        return {
+            "count": count,
+            "correct": correct,
+            "precision": correct / count if count else float("nan"),
+            "low": float(low),
+            "high": float(high),
+            "recall": correct / hidden if hidden else float("nan"),
+        }
+
+    def lines(self) -> list[str]:
+        out: list[str] = []
+        for name, sign, calibration in self._polarities():
+            count = int((self.filled & (self.completed == sign)).sum())
+            out.append(
+                f"filled {count} {name} labels at precision {self.precision:g} "
+                f"({int(calibration.calibrated.sum())} of {len(self.class_names)} classes calibrated)"
+            )
+            out.extend(f"  no {name} fills for {line}" for line in calibration.summary(self.class_names))
+        out.append(f"wrote {self.out_csv}, {confidence_path(self.out_csv)} and {classes_path(self.out_csv)}")
+        if self.skipped:
+            out.append(f"skipped {len(self.skipped)} unreadable images (their labels are unchanged)")
+        if self.note:
+            out.append(f"warning: {self.note}")
+        if self.truth is not None:
+            for name, sign, _ in self._polarities():
+                e = self.evaluation(sign)
+                out.append(
+                    f"against the ground truth, {name}: {e['correct']} of {e['count']} correct, precision "
+                    f"{100 * e['precision']:.1f}% (95% CI {100 * e['low']:.1f}–{100 * e['high']:.1f}), "
+                    f"recall of hidden {name}s {100 * e['recall']:.1f}%"
+                )
+        return out
+
+    def _polarities(self) -> list[tuple[str, int, Calibration]]:
+        found = [("positive", 1, self.round.positive)]
+        if self.round.negative is not None:
+            found.append(("negative", -1, self.round.negative))
+        return found
+
+
+def classes_path(out_csv: Path) -> Path:
+    return out_csv.with_name(out_csv.stem + ".classes.csv")
+
+
+def _label_free_module(module: PartialLabelModule) -> tuple[PartialLabelModule, str]:
+    """The checkpoint's module with its backbone back at its pretrained weights when training changed them, and a
+    note when that is impossible (a backbone trained from random weights)."""
+    if module.config.model.trainable == "none":
+        return module, ""
+    pretrained = getattr(module, "pretrained_weights", "none")
+    if pretrained == "none":
+        return module, "the checkpoint's backbone was trained from random weights: its features saw training labels"
+    import copy
+
+    from hst.models.backbone import create_backbone
+
+    fresh = create_backbone(module.config.model.backbone, pretrained, "none")
+    label_free = copy.deepcopy(module)
+    label_free.network.backbone.load_state_dict(fresh.state_dict())
+    return label_free, ""
+
+
+def complete_at_precision(
+    module: PartialLabelModule,
+    partial_labels: str | Path,
+    out_csv: str | Path,
+    precision: float,
+    data: str | None = None,
+    calibrate_on: str | Path | None = None,
+    negatives: bool = True,
+    batch_size: int = 32,
+    on_error: str = "error",
+    device: str = "cpu",
+    progress: bool | None = None,
+    image_size: int | None = None,
+) -> PrecisionCompletion:
+    """Fill the unknown entries of ``partial_labels`` at ``precision`` and write ``out_csv`` and its side files."""
+    from hst.data.readers import write_csv_manifest
+
+    if not 0.5 <= precision < 1.0:
+        raise ConfigError(f"--precision must be in [0.5, 1), got {precision}")
+    images, truth, cells = load_partial(partial_labels, data)
+    class_names = list(module.class_names)
+    if images.class_names != class_names:
+        raise DataError(f"{images.source}: classes differ from the checkpoint's {len(class_names)} classes")
+    partial = images.labels.copy()
+    calibration_labels = partial
+    if calibrate_on is not None:
+        before, _, _ = load_partial(calibrate_on)
+        if before.class_names != class_names or len(before) != len(images):
+            raise DataError(f"{calibrate_on}: must have the rows and classes of {partial_labels}")
+        changed = (before.labels != UNKNOWN) & (before.labels != partial)
+        if changed.any():
+            raise DataError(f"{calibrate_on}: {int(changed.sum())} known labels differ from {partial_labels}")
+        calibration_labels = before.labels
+    network_module, note = _label_free_module(module)
+    rows, collected, skipped = run_network(
+        network_module,
+        images,
+        lambda output, _rows: {"pooled": output.pooled},
+        batch_size,
+        on_error,
+        image_size,
+        device,
+        0,
+        progress,
+    )
+    method = module.config.method
+    settings = dataclasses.replace(
+        RoundSettings(),
+        target_precision=precision,
+        negative_precision=precision,
+        negatives=negatives,
+        min_positives=method.calibration_min_positives,
+        min_negatives=method.calibration_min_negatives,
+        z=method.calibration_z,
+        neighbours=method.cst_neighbours if method.cst_neighbours > 0 else 20,
+        bank_limit=method.neighbour_bank,
+    )
+    read = np.asarray(rows)
+    result = pseudo_label_round(collected["pooled"], partial[read], settings, calibration_labels[read])
+    completed = partial.copy()
+    targets = np.zeros_like(partial)
+    targets[read] = result.targets
+    fill = (partial == UNKNOWN) & (targets != 0)
+    completed[fill] = targets[fill]
+    completed = completed.astype(LABEL_DTYPE)
+    out = Path(out_csv)
+    write_csv_manifest(images.with_labels(completed), out, image_column=cells)
+    written = cells if cells is not None else list(images.image_ids)
+    score = np.full(partial.shape, np.nan)
+    score[read] = result.evidence.joint
+    _write_side_files(out, written, class_names, completed, fill, score, result)
+    return PrecisionCompletion(class_names, partial, completed, precision, result, out, truth, skipped, note)
+
+
+def _write_side_files(
+    out: Path,
+    written: list[str],
+    class_names: list[str],
+    completed: np.ndarray,
+    fill: np.ndarray,
+    score: np.ndarray,
+    result: PseudoLabelRound,
+) -> None:
+    entries = [["image", "label", "value", "score", "threshold"]]
+    for i, c in zip(*np.nonzero(fill), strict=True):
+        sign = int(completed[i, c])
+        calibration = result.positive if sign > 0 else result.negative
+        assert calibration is not None
+        threshold = calibration.threshold[c] * sign
+        entries.append([written[i], class_names[c], str(sign), f"{score[i, c]:.6g}", f"{threshold:.6g}"])
+    write_text_atomic(confidence_path(out), csv_text(entries), newline="")
+    table = [["class", "polarity", "threshold", "known_above", "known_precision", "filled", "reason"]]
+    for name, sign, calibration in (("positive", 1, result.positive), ("negative", -1, result.negative)):
+        if calibration is None:
+            continue
+        measured = calibration.measured_precision()
+        for c, class_name in enumerate(class_names):
+            calibrated = bool(calibration.calibrated[c])
+            table.append(
+                [
+                    class_name,
+                    name,
+                    f"{calibration.threshold[c] * sign:.6g}" if calibrated else "",
+                    str(int(calibration.known_above[c])),
+                    f"{measured[c]:.4f}" if calibrated else "",
+                    str(int((fill[:, c] & (completed[:, c] == sign)).sum())),
+                    calibration.reason[c],
+                ]
+            )
+    write_text_atomic(classes_path(out), csv_text(table), newline="")

@@ -1,0 +1,136 @@
+"""Calibration: per class, the score threshold whose labels reach a target precision, measured where it is applied.
+
+One score per entry, one threshold per class, and the precision of exactly that rule is estimated on the known
+entries of the class. This is valid when two things hold, and the callers make sure they do:
+
+- the score of a known entry was computed without that entry's label (out-of-fold, leave-one-out), so known and
+  unknown entries are scored the same way (:mod:`hst.methods.cross_fitted_evidence`);
+- the known entries are a uniform random sample of the class's entries (the partial-label protocol). When the
+  known entries include no negative at all (single-positive labels) or too few, the precision cannot be measured
+  and the class gets no threshold, with the reason given; the same when positives are too few.
+
+The precision at a cut is a Wilson lower bound at ``z`` standard deviations, so that the luckiest of many cut
+points on a few known entries does not pass. A class that cannot be calibrated never borrows another class's
+threshold: it gets none, and the reason is logged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from hst.methods.thresholds import precision_bound
+
+NO_THRESHOLD = np.inf
+"""A threshold nothing reaches: the class gets no labels of this polarity."""
+
+
+@dataclass
+class Calibration:
+    """Per-class thresholds of one score for one polarity, with what they rest on.
+
+    Labels are given where ``score ≥ threshold`` (positive) or ``−score ≥ threshold`` (negative: the caller
+    passes negated scores and swapped labels).
+    """
+
+    threshold: np.ndarray
+    """C thresholds (``inf``: none)."""
+    known_above: np.ndarray
+    """C known entries at or above the threshold (the sample the precision is measured on)."""
+    correct_above: np.ndarray
+    """C of them with the wanted label."""
+    reason: list[str]
+    """Per class: empty when calibrated, otherwise why not (e.g. 'no known negatives')."""
+
+    @property
+    def calibrated(self) -> np.ndarray:
+        return np.isfinite(self.threshold)
+
+    def measured_precision(self) -> np.ndarray:
+        """Per class, the precision of the rule on its known entries (NaN without a threshold)."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(self.calibrated, self.correct_above / self.known_above, np.nan)
+
+    def summary(self, class_names: list[str] | None = None) -> list[str]:
+        """One line per class that got no threshold, naming the class and the reason."""
+        names = class_names or [str(c) for c in range(len(self.threshold))]
+        return [f"{names[c]}: {why}" for c, why in enumerate(self.reason) if why]
+
+
+def class_threshold(
+    scores: np.ndarray, wanted: np.ndarray, target: float, min_wanted: int, min_other: int, z: float
+) -> tuple[float, int, int, str]:
+    """Lowest score ``t`` whose known entries scoring ``≥ t`` reach ``target`` precision (Wilson bound at ``z``).
+
+    ``scores``: the known entries of one class (NaN = not scored, ignored); ``wanted``: which of them carry the
+    label being given. Returns ``(t, entries ≥ t, wanted ones among them, reason)``; ``t = inf`` with a reason when
+    there are fewer than ``min_wanted`` wanted or ``min_other`` other scored entries, or no cut reaches ``target``.
+    """
+    scored = ~np.isnan(scores)
+    s, good = scores[scored], np.asarray(wanted, dtype=bool)[scored]
+    num_good, num_other = int(good.sum()), int((~good).sum())
+    if num_good < max(1, min_wanted):
+        return NO_THRESHOLD, 0, 0, f"{num_good} known entries with this label (needs {max(1, min_wanted)})"
+    if num_other < min_other:
+        # Without entries of the other label, precision cannot be measured (e.g. single-positive labels).
+        return NO_THRESHOLD, 0, 0, f"{num_other} known entries with the other label (needs {min_other})"
+    order = np.argsort(-s, kind="stable")
+    s, good = s[order], good[order]
+    hits = np.cumsum(good)
+    count = np.arange(1, len(s) + 1)
+    bound = precision_bound(hits, count, z)
+    # Cut only between distinct scores: equal scores share one decision.
+    cut = np.append(s[:-1] > s[1:], True)
+    ok = cut & (bound >= target) & (hits >= min_wanted)
+    if not ok.any():
+        return NO_THRESHOLD, 0, 0, f"no threshold reaches {target:g} precision on its known entries"
+    last = int(np.flatnonzero(ok)[-1])
+    return float(s[last]), int(count[last]), int(hits[last]), ""
+
+
+def calibrate_scores(
+    scores: np.ndarray,
+    labels: np.ndarray,
+    target: float,
+    polarity: int = 1,
+    min_wanted: int = 5,
+    min_other: int = 5,
+    z: float = 1.0,
+) -> Calibration:
+    """Per-class thresholds from the known entries of ``labels`` (N×C, +1/−1/0) and their ``scores`` (N×C).
+
+    ``polarity`` +1 calibrates positives (``score ≥ t``), −1 negatives (``score ≤ −t``: pass the same scores,
+    the returned thresholds apply to ``−score``).
+    """
+    num_classes = scores.shape[1]
+    signed = scores if polarity > 0 else -scores
+    threshold = np.full(num_classes, NO_THRESHOLD)
+    known_above = np.zeros(num_classes, dtype=np.int64)
+    correct_above = np.zeros(num_classes, dtype=np.int64)
+    reasons: list[str] = []
+    for c in range(num_classes):
+        rows = labels[:, c] != 0
+        t, n, k, why = class_threshold(signed[rows, c], labels[rows, c] == polarity, target, min_wanted, min_other, z)
+        threshold[c], known_above[c], correct_above[c] = t, n, k
+        reasons.append(why)
+    return Calibration(threshold, known_above, correct_above, reasons)
+
+
+def apply_thresholds(scores: np.ndarray, labels: np.ndarray, calibration: Calibration, polarity: int) -> np.ndarray:
+    """N×C bool: the unknown entries the calibrated rule labels with ``polarity``."""
+    signed = scores if polarity > 0 else -scores
+    with np.errstate(invalid="ignore"):
+        return (labels == 0) & ~np.isnan(signed) & (signed >= calibration.threshold[None, :])
+
+
+def clopper_pearson(correct: np.ndarray | int, count: np.ndarray | int, confidence: float = 0.95) -> tuple:
+    """Two-sided Clopper–Pearson interval of ``correct / count`` (arrays or numbers): ``(low, high)``."""
+    from scipy.stats import beta
+
+    k, n = np.asarray(correct, dtype=float), np.asarray(count, dtype=float)
+    alpha = 1 - confidence
+    with np.errstate(invalid="ignore"):
+        low = np.where(k > 0, beta.ppf(alpha / 2, k, n - k + 1), 0.0)
+        high = np.where(k < n, beta.ppf(1 - alpha / 2, k + 1, n - k), 1.0)
+    return low, high

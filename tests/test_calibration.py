@@ -1,0 +1,248 @@
+"""The calibrated pseudo-label rule: thresholds against brute force, the precision it reaches where the answer is
+known, refusals instead of borrowed thresholds, scores that never saw their own label, and HST's round."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import norm
+
+from hst.config import MethodConfig
+from hst.methods import create
+from hst.methods.base import FeatureBatch, StepContext
+from hst.methods.calibration import calibrate_scores, class_threshold, clopper_pearson
+from hst.methods.cross_fitted_evidence import cross_fitted_evidence, cross_fitted_probe
+from hst.methods.thresholds import precision_bound
+from hst.metrics import positives_only_labels
+from hst.models.network import NetworkOutput
+
+
+def _brute(scores: np.ndarray, wanted: np.ndarray, target: float, min_wanted: int, z: float) -> float:
+    """The lowest distinct score whose kept set (score ≥ t) has its Wilson bound ≥ target and enough hits."""
+    best = np.inf
+    for t in np.unique(scores[~np.isnan(scores)]):
+        kept = scores >= t
+        hits = int((kept & wanted).sum())
+        if hits >= min_wanted and precision_bound(np.array([hits]), np.array([kept.sum()]), z)[0] >= target:
+            best = min(best, float(t))
+    return best
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_class_threshold_matches_brute_force(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(10, 80))
+    wanted = rng.random(n) < 0.4
+    scores = np.round(rng.random(n) + wanted * rng.random() * 1.5, 1)  # ties must share one decision
+    scores[rng.random(n) < 0.1] = np.nan
+    for target, min_wanted, z in itertools.product((0.6, 0.8, 0.9), (1, 3), (0.0, 1.0)):
+        t, above, hits, why = class_threshold(scores, wanted, target, min_wanted, 1, z)
+        assert t == _brute(scores, wanted, target, min_wanted, z)
+        if np.isfinite(t):
+            kept = scores >= t  # NaN is never kept
+            assert (above, hits, why) == (int(kept.sum()), int((kept & wanted).sum()), "")
+        else:
+            assert why
+
+
+def test_calibration_reaches_the_target_where_the_precision_is_known() -> None:
+    """Scores N(2, 1) for positives and N(0, 1) for negatives at prevalence 0.2: the true precision of any threshold
+    is known in closed form. Calibrated on a random 20% of the entries, the rule must reach the target on the
+    whole class in most draws, without being so strict that it gives almost nothing."""
+    prevalence, target, n = 0.2, 0.9, 4000
+
+    def true_precision(t: float) -> float:
+        pos, neg = prevalence * norm.sf(t - 2), (1 - prevalence) * norm.sf(t)
+        return pos / (pos + neg)
+
+    reached, thresholds = [], []
+    for seed in range(40):
+        rng = np.random.default_rng(seed)
+        positive = rng.random(n) < prevalence
+        scores = rng.normal(size=n) + 2 * positive
+        labels = np.where(positive, 1, -1)[:, None] * (rng.random((n, 1)) < 0.2)
+        calibration = calibrate_scores(scores[:, None], labels.astype(np.int8), target, z=1.0)
+        t = float(calibration.threshold[0])
+        assert np.isfinite(t)
+        reached.append(true_precision(t))
+        thresholds.append(t)
+    reached = np.array(reached)
+    exact = next(t for t in np.linspace(0, 5, 5001) if true_precision(t) >= target)  # the ideal threshold
+    assert np.mean(reached >= target - 0.02) >= 0.9
+    assert np.mean(reached) <= 0.975 and abs(np.median(thresholds) - exact) < 0.5
+
+
+def test_a_class_that_cannot_be_calibrated_gets_nothing_and_says_why() -> None:
+    rng = np.random.default_rng(0)
+    labels = np.where(rng.random((300, 3)) < 0.3, 1, -1).astype(np.int8)
+    labels[:, 1] = np.where(labels[:, 1] > 0, 1, 0)  # class 1: positives only (single-positive labels)
+    labels[:, 2] = -1
+    labels[:2, 2] = 1  # class 2: two known positives
+    scores = np.where(labels > 0, 1.0, 0.0) + rng.random((300, 3))
+    calibration = calibrate_scores(scores, labels, 0.9, min_wanted=5, min_other=5)
+    assert np.isfinite(calibration.threshold[0])
+    assert np.isinf(calibration.threshold[1:]).all()  # never a borrowed threshold
+    assert "other label" in calibration.reason[1] and "with this label" in calibration.reason[2]
+    assert calibration.summary(["a", "b", "c"])[0].startswith("b: ")
+    # Scored entries are counted: six known positives of which three are unscored do not reach five.
+    scores[np.flatnonzero(labels[:, 0] > 0)[3:], 0] = np.nan
+    assert "3 known entries" in calibrate_scores(scores, labels, 0.9).reason[0]
+
+
+def test_cross_fitted_scores_never_see_their_own_label() -> None:
+    """Changing an image's known labels leaves its own probe logit and neighbour margin unchanged."""
+    rng = np.random.default_rng(1)
+    full = np.where(rng.random((200, 3)) < 0.3, 1, -1)
+    pooled = rng.normal(size=(200, 10)) + (full > 0) @ rng.normal(size=(3, 10)) * 2
+    labels = np.where(rng.random(full.shape) < 0.5, full, 0).astype(np.int8)
+    flipped = labels.copy()
+    flipped[7] = np.where(labels[7] == 0, 1, -labels[7])
+    logits, _ = cross_fitted_probe(pooled, labels, folds=4, decays=(1e-3,))
+    logits_flipped, _ = cross_fitted_probe(pooled, flipped, folds=4, decays=(1e-3,))
+    np.testing.assert_allclose(logits_flipped[7], logits[7], atol=1e-5)
+    assert np.abs(logits_flipped - logits).max() > 1e-3  # other images' scores do see it
+    margin = cross_fitted_evidence(pooled, labels, neighbours=5, probe=False).margin
+    margin_flipped = cross_fitted_evidence(pooled, flipped, neighbours=5, probe=False).margin
+    np.testing.assert_allclose(margin_flipped[7], margin[7], atol=1e-6)
+
+
+def test_clopper_pearson_matches_known_values() -> None:
+    low, high = clopper_pearson(np.array([9, 0, 10]), np.array([10, 10, 10]))
+    np.testing.assert_allclose(low, [0.554984, 0.0, 0.691503], atol=1e-5)
+    np.testing.assert_allclose(high, [0.997471, 0.308497, 1.0], atol=1e-5)
+
+
+def test_positives_only_labels_give_model_selection_something_to_rank() -> None:
+    labels = np.array([[1, 1], [0, -1], [0, 0]], dtype=np.int8)
+    assert np.array_equal(positives_only_labels(labels), [[1, 1], [-1, -1], [-1, 0]])
+    entry = np.array([[1, -1], [-1, 0]], dtype=np.int8)
+    assert positives_only_labels(entry) is entry  # known negatives everywhere: unchanged
+
+
+def _clustered(seed: int, num: int, classes: int, known: float, positives_only: bool = False):
+    gen = torch.Generator().manual_seed(seed)
+    full = torch.where(torch.rand(num, classes, generator=gen) < 0.3, 1, -1).to(torch.int8)
+    pooled = torch.randn(num, 12, generator=gen) + (full > 0).float() @ (torch.randn(classes, 12, generator=gen) * 3)
+    labels = torch.where(torch.rand(num, classes, generator=gen) < known, full, torch.zeros_like(full))
+    if positives_only:
+        labels = torch.where(labels > 0, labels, torch.zeros_like(labels))
+    semantic = torch.randn(num, classes, 6, generator=gen)
+    logits = torch.randn(num, classes, generator=gen)
+
+    def source(split: str = "train") -> Iterator[FeatureBatch]:
+        for start in range(0, num, 32):
+            r = torch.arange(start, min(start + 32, num))
+            yield FeatureBatch(r, logits[r], semantic[r], labels[r], full[r], pooled[r])
+
+    return full, labels, semantic, logits, source
+
+
+def test_hst_decides_pseudo_labels_once_at_the_target_precision_and_trains_on_them() -> None:
+    num, classes = 400, 4
+    full, labels, semantic, logits, source = _clustered(0, num, classes, 0.3)
+    config = MethodConfig(pseudo_label_epoch=1, prototypes_per_class=2, kmeans_iters=3, use_ist=False)
+    method = create("hst", config, classes, 6, num)
+    logs = method.on_train_epoch_start(0, source)
+    assert logs["pseudo_all_pos_count"] > 50 and logs["pseudo_all_pos_precision"] >= 0.88
+    assert logs["calibrated_positive_classes"] == classes and logs["uncalibrated_classes"] == 0
+    table = method.pseudo_targets
+    assert table is not None and torch.all(table[labels != 0] == 0)
+    assert "pseudo_all_pos_count" not in method.on_train_epoch_start(1, source)  # decided once
+    assert torch.equal(method.pseudo_targets, table)
+    rows = torch.arange(16)
+    output = NetworkOutput(logits[rows].clone().requires_grad_(), semantic[rows].clone().requires_grad_())
+    result = method.training_loss(output, labels[rows], StepContext(1, 1, 2, rows, full[rows]))
+    assert result.logs["pseudo_entries"] == int(((labels[rows] == 0) & (table[rows] != 0)).sum()) > 0
+    clone = create("hst", config, classes, 6, num)
+    clone.load_extra_state(method.extra_state())
+    assert clone.pseudo_targets is not None and torch.equal(clone.pseudo_targets, table)
+
+    def no_pooled(split: str = "train") -> Iterator[FeatureBatch]:
+        for batch in source(split):
+            yield batch._replace(pooled=None)
+
+    with pytest.raises(ValueError, match="pooled backbone features"):
+        create("hst", config, classes, 6, num).on_train_epoch_start(0, no_pooled)
+
+
+def test_hst_with_positives_only_refuses_pseudo_labels_and_uses_weak_negatives() -> None:
+    num, classes = 300, 4
+    _, labels, semantic, _, source = _clustered(1, num, classes, 0.3, positives_only=True)
+    method = create("hst", MethodConfig(pseudo_label_epoch=1, use_ist=False, use_cst=False), classes, 6, num)
+    logs = method.on_train_epoch_start(0, source)
+    assert logs["pseudo_all_pos_count"] == 0 and logs["uncalibrated_classes"] == classes
+    assert method.weak_negative_classes is not None and bool(method.weak_negative_classes.all())
+    rows = torch.arange(32)
+    zeros = torch.zeros(32, classes, requires_grad=True)
+    method.training_loss(NetworkOutput(zeros, semantic[rows]), labels[rows], StepContext(1, 1, 2, rows)).loss.backward()
+    # At logit 0 an entry's gradient is its weight × (0.5 − target): known positives weigh 1, unknown entries are
+    # negatives at 1/(C−1).
+    grad, known = zeros.grad, labels[rows] > 0
+    assert known.any() and (~known).any()
+    ratio = grad[~known] / grad[known].mean()
+    torch.testing.assert_close(ratio, torch.full_like(ratio, -1 / (classes - 1)))
+
+
+def test_labels_a_person_chose_do_not_calibrate_the_rule() -> None:
+    """After a review of the entries the rule was surest of, calibrating on every known entry overstates the
+    precision on the ones left; calibrating on the randomly hidden ones alone keeps it (``calibration_labels``)."""
+    from hst.methods.pseudo_label_round import RoundSettings, pseudo_label_round
+
+    rng = np.random.default_rng(5)
+    num, classes = 1500, 3
+    full = np.where(rng.random((num, classes)) < 0.25, 1, -1).astype(np.int8)
+    pooled = rng.normal(size=(num, 16)) + (full > 0) @ rng.normal(size=(classes, 16)) * 0.9
+    random_known = np.where(rng.random(full.shape) < 0.2, full, 0).astype(np.int8)
+    settings = RoundSettings(target_precision=0.9, z=1.0, neighbours=20, folds=3)
+    first = pseudo_label_round(pooled, random_known, settings)
+    reviewed = random_known.copy()
+    for c in range(classes):  # a person answers the 80 unknown entries the rule ranks highest
+        unknown = np.flatnonzero(random_known[:, c] == 0)
+        top = unknown[np.argsort(-first.evidence.joint[unknown, c])[:80]]
+        reviewed[top, c] = full[top, c]
+
+    def precision(result) -> float:
+        chosen = (result.targets > 0) & (reviewed == 0)
+        return float((full[chosen] > 0).mean())
+
+    everything = pseudo_label_round(pooled, reviewed, settings)
+    honest = pseudo_label_round(pooled, reviewed, settings, calibration_labels=random_known)
+    assert (honest.targets[reviewed != 0] == 0).all()
+    assert precision(honest) >= 0.87 and precision(everything) < precision(honest) - 0.05
+
+
+def test_calibration_labels_reach_the_method_and_must_agree(tmp_path) -> None:
+    from hst.config import DataConfig
+    from hst.data.base import DataError
+    from hst.data.partial import make_partial
+    from hst.data.readers import write_csv_manifest
+    from hst.data.spec import load_dataset
+    from hst.data.splits import prepare_splits
+
+    data = load_dataset("synthetic:60")
+    before = make_partial(data.labels, "entry", 0.2, 0)
+    after = before.copy()
+    hidden = np.argwhere(before == 0)[:30]
+    after[hidden[:, 0], hidden[:, 1]] = data.labels[hidden[:, 0], hidden[:, 1]]  # a person's answers
+    write_csv_manifest(data.with_labels(before), tmp_path / "before.csv")
+    write_csv_manifest(data.with_labels(after), tmp_path / "after.csv")
+    config = DataConfig(
+        train="synthetic:60",
+        partial_labels=str(tmp_path / "after.csv"),
+        calibration_labels=str(tmp_path / "before.csv"),
+    )
+    splits = prepare_splits(config)
+    assert splits.train_calibration is not None and splits.train_rows is not None
+    assert np.array_equal(splits.train_calibration, before[splits.train_rows])
+    assert np.array_equal(splits.train.labels, after[splits.train_rows])
+    wrong = before.copy()
+    row, col = np.argwhere(before != 0)[0]
+    wrong[row, col] = -wrong[row, col]
+    write_csv_manifest(data.with_labels(wrong), tmp_path / "wrong.csv")
+    with pytest.raises(DataError, match=r"wrong\.csv: 1 known labels differ"):
+        prepare_splits(dataclasses.replace(config, calibration_labels=str(tmp_path / "wrong.csv")))
