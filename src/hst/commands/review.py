@@ -1,13 +1,20 @@
-"""The ``hst review`` verb: its arguments and what it prints (kept here so ``hst.cli`` stays small)."""
+"""``hst review``: a local page where a person accepts or rejects the labels a checkpoint suggests."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
+from hst.commands import CHECKPOINT_HELP, add_evidence_argument, add_inference_arguments
 
-def add_review_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", help="checkpoint file written by hst train (checkpoints/best.ckpt)")
+HELP = (
+    "serve a local page (127.0.0.1) where a person accepts or rejects the labels a "
+    "checkpoint suggests; every decision is saved at once to the output manifest"
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help=CHECKPOINT_HELP)
     parser.add_argument(
         "partial_labels",
         help="CSV manifest with 1/-1/empty labels and image files (as hst make-partial writes); it is never written",
@@ -27,17 +34,12 @@ def add_review_arguments(parser: argparse.ArgumentParser) -> None:
         help="decision threshold of the suggestions: auto (tuned per class when the checkpoint "
         "has them, else 0.5), tuned, or a probability",
     )
-    parser.add_argument(
-        "--no-evidence",
-        dest="no_evidence",
-        action="store_true",
-        help="use the classifier alone (no IST co-occurrence or CST prototype evidence)",
-    )
-    parser.add_argument("--batch-size", dest="batch_size", type=int, default=32, help="images per batch (32)")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto (cpu)")
+    add_evidence_argument(parser)
+    # Unreadable images are always skipped here: a review page can go on without them.
+    add_inference_arguments(parser, on_error=False)
 
 
-def run_review(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from hst.review.app import serve
