@@ -3,8 +3,9 @@
 For every known proportion and partial-label seed, the training split's known entries calibrate the cross-fitted
 rule (``hst.methods.pseudo_label_round``, what HST's pseudo labels and ``hst complete --precision`` use) and the
 labels it gives the unknown entries are scored against the full labels, which nothing in the rule reads:
-overall precision and recall of the pseudo positives, and every class with at least 20 of them whose 95%
-Clopper–Pearson upper bound of the measured precision lies below the target (a class significantly below it).
+overall precision and recall of the positives and of the negatives (both at the target, as ``hst complete
+--precision`` fills them; HST's pseudo positives are the positives), and every class with at least 20 of them whose
+95% Clopper–Pearson upper bound of the measured precision lies below the target (a class significantly below it).
 Only training images are read: no test or validation label is looked at.
 
     python benchmarks/calibration_check.py --config configs/voc2007-benchmark.yaml --split-seed 0 \
@@ -39,28 +40,35 @@ def training_pooled(config: TrainConfig) -> tuple[np.ndarray, np.ndarray, np.nda
     return maps.mean(dim=(2, 3)).numpy(), splits.train.labels, splits.train_full, list(splits.train.class_names)
 
 
-def check(pooled: np.ndarray, labels: np.ndarray, full: np.ndarray, settings: RoundSettings) -> dict[str, float]:
-    result = pseudo_label_round(pooled, labels, settings)
+def _side(result, labels: np.ndarray, full: np.ndarray, sign: int, target: float) -> dict[str, float]:
+    """Fills of one sign against the full labels: count, precision, recall, classes significantly below target."""
     # Entries without a true label (VOC's "difficult" ones) are never known and have nothing to be scored against.
-    chosen = (result.targets > 0) & (labels == 0) & (full != 0)
-    hits = chosen & (full > 0)
-    hidden = (labels == 0) & (full > 0)
+    chosen = (result.targets == sign) & (labels == 0) & (full != 0)
+    hits = chosen & (full == sign)
+    hidden = (labels == 0) & (full == sign)
     per_class_n, per_class_k = chosen.sum(0), hits.sum(0)
     _, high = clopper_pearson(per_class_k, np.maximum(per_class_n, 1))
-    below = (per_class_n >= MIN_CLASS_FILLS) & (high < settings.target_precision)
+    below = (per_class_n >= MIN_CLASS_FILLS) & (high < target)
+    calibration = result.positive if sign > 0 else result.negative
     for c in np.flatnonzero(below):
-        known_precision = result.positive.correct_above[c] / result.positive.known_above[c]
         print(
-            f"  below: class {c}: {per_class_k[c]} of {per_class_n[c]} right (CI high {high[c]:.3f}); on its known"
-            f" entries {result.positive.correct_above[c]} of {result.positive.known_above[c]} ({known_precision:.3f})"
+            f"  below ({'+' if sign > 0 else '-'}): class {c}: {per_class_k[c]} of {per_class_n[c]} right (CI high "
+            f"{high[c]:.3f}); on its known entries {calibration.correct_above[c]} of {calibration.known_above[c]}"
         )
     return {
         "count": float(chosen.sum()),
         "precision": float(hits.sum() / max(chosen.sum(), 1)),
         "recall": float(hits.sum() / max(hidden.sum(), 1)),
-        "classes": float(result.positive.calibrated.sum()),
+        "classes": float(calibration.calibrated.sum()),
         "below": float(below.sum()),
     }
+
+
+def check(pooled: np.ndarray, labels: np.ndarray, full: np.ndarray, settings: RoundSettings) -> list[dict[str, float]]:
+    """Positives and negatives (as ``hst complete --precision`` fills them) against the full labels."""
+    result = pseudo_label_round(pooled, labels, settings)
+    target = settings.target_precision
+    return [_side(result, labels, full, 1, target), _side(result, labels, full, -1, settings.negative_precision)]
 
 
 def main() -> None:
@@ -75,8 +83,11 @@ def main() -> None:
     parser.add_argument("--neighbours", type=int, default=RoundSettings.neighbours)
     parser.add_argument("--no-probe", action="store_true")
     args = parser.parse_args()
-    print("| scheme | known | target | seed | pseudo positives | precision % | recall % | classes | below |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print(
+        "| scheme | known | target | seed | positives | precision % | recall % | classes | below "
+        "| negatives | precision % | recall % | classes | below |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for proportion in (float(p) for p in args.proportions.split(",")):
         for seed in (int(s) for s in args.seeds.split(",")):
             overrides = [

@@ -3,6 +3,7 @@ known, refusals instead of borrowed thresholds, scores that never saw their own 
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import itertools
 from collections.abc import Iterator
@@ -246,3 +247,37 @@ def test_calibration_labels_reach_the_method_and_must_agree(tmp_path) -> None:
     write_csv_manifest(data.with_labels(wrong), tmp_path / "wrong.csv")
     with pytest.raises(DataError, match=r"wrong\.csv: 1 known labels differ"):
         prepare_splits(dataclasses.replace(config, calibration_labels=str(tmp_path / "wrong.csv")))
+
+
+def test_single_positive_labels_train_hst_end_to_end(tmp_path, one_thread: None) -> None:
+    """``data.scheme=single-positive``: HST refuses pseudo positives it cannot calibrate, trains with weak
+    negatives, and model selection ranks the validation images' known positives against their unlabelled entries
+    (on known entries alone every validation AP would be 100)."""
+    from hst.config import TrainConfig, resolve_config
+    from hst.engine.train import train
+
+    try:
+        from tiny_run import TINY
+    except ImportError:  # tests collected as a package
+        from tests.tiny_run import TINY
+
+    overrides = [
+        *TINY,
+        "data.train=synthetic:200",
+        "data.scheme=single-positive",
+        "data.proportion=1.0",
+        "model.trainable=none",
+        "trainer.epochs=2",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        f"trainer.output_dir={tmp_path}",
+        "trainer.run_name=sp",
+    ]
+    result = train(resolve_config(TrainConfig, None, overrides))
+    with (result.run_dir / "csv" / "metrics.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    logged = next(row for row in rows if row.get("method/uncalibrated_classes"))
+    assert float(logged["method/pseudo_all_pos_count"]) == 0
+    assert float(logged["method/uncalibrated_classes"]) == 24
+    val = [float(row["val/mAP"]) for row in rows if row.get("val/mAP")]
+    assert val and max(val) < 90  # scored against unlabelled entries too, not 100 for any model
+    assert result.test_metrics["mAP"] > 30

@@ -45,7 +45,13 @@ def partial_csv(folder: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def module(folder: Path) -> PartialLabelModule:
-    overrides = [*TINY, "data.train=synthetic:72", "trainer.epochs=1", "model.weights=offline"]
+    overrides = [
+        *TINY,
+        "data.train=synthetic:72",
+        "trainer.epochs=1",
+        "model.weights=offline",
+        f"data.cache_dir={folder / 'cache'}",
+    ]
     checkpoint = tiny_checkpoint(folder / "run", overrides)
     return load_module(checkpoint)[0]
 
@@ -53,7 +59,8 @@ def module(folder: Path) -> PartialLabelModule:
 @pytest.fixture(scope="module")
 def filled(module: PartialLabelModule, partial_csv: Path, folder: Path) -> PrecisionCompletion:
     # The default job's image size: at the tiny run's 64 px, too few classes separate to calibrate positives.
-    return complete_at_precision(module, partial_csv, folder / "out" / "filled.csv", 0.9, data=DATA, image_size=160)
+    out = folder / "out" / "filled.csv"
+    return complete_at_precision(module, partial_csv, out, 0.9, data=DATA, image_size=160, cache_dir=folder / "cache")
 
 
 def _rows(path: Path) -> list[list[str]]:
@@ -93,7 +100,7 @@ def test_side_files_list_every_fill_and_every_class(filled: PrecisionCompletion)
 def test_positives_only_labels_are_refused_with_a_reason(module: PartialLabelModule, folder: Path) -> None:
     labels = make_partial(load_dataset(DATA).labels, "single-positive", 1.0, 0)
     path = _manifest(folder, "single.csv", labels)
-    result = complete_at_precision(module, path, folder / "single-out.csv", 0.9, data=DATA)
+    result = complete_at_precision(module, path, folder / "single-out.csv", 0.9, data=DATA, cache_dir=folder / "cache")
     assert not result.filled.any()
     assert any("other label" in line for line in result.lines())
 
@@ -120,3 +127,18 @@ def test_command_line(module: PartialLabelModule, partial_csv: Path, folder: Pat
     assert "positive labels at precision 0.95" in printed and "negative labels" not in printed
     assert "against the ground truth, positive" in printed
     assert main([*given, "--precision", "1.5"]) == 2
+
+
+def test_cached_features_match_the_network(module: PartialLabelModule, partial_csv: Path, folder: Path) -> None:
+    """The fast path (pooled features from the frozen-backbone cache) against the plain one (the network)."""
+    from hst.apps.complete import load_partial
+    from hst.apps.complete_at_precision import _cached_pooled, _label_free_module
+    from hst.apps.inference import run_network
+
+    images, _, _ = load_partial(partial_csv, DATA)
+    images = images.subset(np.arange(40))
+    label_free, _ = _label_free_module(module)
+    rows, cached, _ = _cached_pooled(label_free, images, 96, 16, False, folder / "cache")
+    _, plain, _ = run_network(label_free, images, lambda out, _rows: {"pooled": out.pooled}, 16, "error", 96)
+    assert rows == list(range(40))
+    np.testing.assert_allclose(cached, plain["pooled"], atol=2e-2, rtol=1e-2)

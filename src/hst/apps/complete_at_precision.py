@@ -23,11 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from hst.apps.complete import confidence_path, load_partial
 from hst.apps.inference import csv_text, run_network
 from hst.config import ConfigError
-from hst.data.base import DataError
+from hst.data.base import DataError, MultiLabelData
 from hst.engine.module import PartialLabelModule
 from hst.io import write_text_atomic
 from hst.labels import LABEL_DTYPE, UNKNOWN
@@ -123,6 +124,36 @@ def _label_free_module(module: PartialLabelModule) -> tuple[PartialLabelModule, 
     return label_free, ""
 
 
+def _cached_pooled(
+    module: PartialLabelModule,
+    images: MultiLabelData,
+    image_size: int | None,
+    batch_size: int,
+    progress: bool | None,
+    cache_dir: str | Path | None = None,
+) -> tuple[list[int], np.ndarray, list[tuple[str, str]]]:
+    """Pooled features of every image from the frozen-backbone feature cache (``data.cache_dir``), so that a second
+    completion of the same images (another precision, other labels) does not run the backbone again."""
+    import sys
+
+    from hst.feature_cache import extract_features
+
+    config = module.config
+    cache = extract_features(
+        module.network.backbone,
+        images,
+        image_size or config.data.image_size,
+        Path(cache_dir or config.data.cache_dir),
+        batch_size=batch_size,
+        progress=sys.stderr.isatty() if progress is None else progress,
+        channels_last=config.model.channels_last,
+    )
+    # The network averages the backbone map over space; a 2×2-pooled map has the same mean.
+    maps = cache.pooled() if cache.poolable() else torch.from_numpy(np.asarray(cache.features))
+    pooled = torch.cat([maps[i : i + 256].float().mean(dim=(2, 3)) for i in range(0, len(maps), 256)])
+    return list(range(len(images))), pooled.numpy(), []
+
+
 def complete_at_precision(
     module: PartialLabelModule,
     partial_labels: str | Path,
@@ -136,8 +167,12 @@ def complete_at_precision(
     device: str = "cpu",
     progress: bool | None = None,
     image_size: int | None = None,
+    cache_dir: str | Path | None = None,
 ) -> PrecisionCompletion:
-    """Fill the unknown entries of ``partial_labels`` at ``precision`` and write ``out_csv`` and its side files."""
+    """Fill the unknown entries of ``partial_labels`` at ``precision`` and write ``out_csv`` and its side files.
+
+    The pooled features come from the feature cache in ``cache_dir`` (default: the checkpoint's ``data.cache_dir``)
+    when every image must be read on the CPU; otherwise (``on_error="skip"``, another device) from the network."""
     from hst.data.readers import write_csv_manifest
 
     if not 0.5 <= precision < 1.0:
@@ -157,17 +192,21 @@ def complete_at_precision(
             raise DataError(f"{calibrate_on}: {int(changed.sum())} known labels differ from {partial_labels}")
         calibration_labels = before.labels
     network_module, note = _label_free_module(module)
-    rows, collected, skipped = run_network(
-        network_module,
-        images,
-        lambda output, _rows: {"pooled": output.pooled},
-        batch_size,
-        on_error,
-        image_size,
-        device,
-        0,
-        progress,
-    )
+    if on_error == "error" and device == "cpu":
+        rows, pooled, skipped = _cached_pooled(network_module, images, image_size, batch_size, progress, cache_dir)
+    else:
+        rows, collected, skipped = run_network(
+            network_module,
+            images,
+            lambda output, _rows: {"pooled": output.pooled},
+            batch_size,
+            on_error,
+            image_size,
+            device,
+            0,
+            progress,
+        )
+        pooled = collected["pooled"]
     method = module.config.method
     settings = dataclasses.replace(
         RoundSettings(),
@@ -181,7 +220,7 @@ def complete_at_precision(
         bank_limit=method.neighbour_bank,
     )
     read = np.asarray(rows)
-    result = pseudo_label_round(collected["pooled"], partial[read], settings, calibration_labels[read])
+    result = pseudo_label_round(pooled, partial[read], settings, calibration_labels[read])
     completed = partial.copy()
     targets = np.zeros_like(partial)
     targets[read] = result.targets
