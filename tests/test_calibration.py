@@ -171,10 +171,12 @@ def test_hst_decides_pseudo_labels_once_at_the_target_precision_and_trains_on_th
         create("hst", config, classes, 6, num).on_train_epoch_start(0, no_pooled)
 
 
-def test_hst_with_positives_only_refuses_pseudo_labels_and_uses_weak_negatives() -> None:
+@pytest.mark.parametrize("weight", [None, 1.0])
+def test_hst_with_positives_only_refuses_pseudo_labels_and_uses_weak_negatives(weight: float | None) -> None:
     num, classes = 300, 4
     _, labels, semantic, _, source = _clustered(1, num, classes, 0.3, positives_only=True)
-    method = create("hst", MethodConfig(pseudo_label_epoch=1, use_ist=False, use_cst=False), classes, 6, num)
+    config = MethodConfig(pseudo_label_epoch=1, use_ist=False, use_cst=False, weak_negative_weight=weight)
+    method = create("hst", config, classes, 6, num)
     logs = method.on_train_epoch_start(0, source)
     assert logs["pseudo_all_pos_count"] == 0 and logs["uncalibrated_classes"] == classes
     assert method.weak_negative_classes is not None and bool(method.weak_negative_classes.all())
@@ -182,11 +184,12 @@ def test_hst_with_positives_only_refuses_pseudo_labels_and_uses_weak_negatives()
     zeros = torch.zeros(32, classes, requires_grad=True)
     method.training_loss(NetworkOutput(zeros, semantic[rows]), labels[rows], StepContext(1, 1, 2, rows)).loss.backward()
     # At logit 0 an entry's gradient is its weight × (0.5 − target): known positives weigh 1, unknown entries are
-    # negatives at 1/(C−1).
+    # negatives at 1/(C−1) by default.
     grad, known = zeros.grad, labels[rows] > 0
     assert known.any() and (~known).any()
     ratio = grad[~known] / grad[known].mean()
-    torch.testing.assert_close(ratio, torch.full_like(ratio, -1 / (classes - 1)))
+    expected = -(1 / (classes - 1) if weight is None else weight)
+    torch.testing.assert_close(ratio, torch.full_like(ratio, expected))
 
 
 def test_labels_a_person_chose_do_not_calibrate_the_rule() -> None:

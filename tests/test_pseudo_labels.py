@@ -128,3 +128,10 @@ def test_neighbour_evidence_bank_limit_and_scale() -> None:
         pooled[:240], labels[:240], logits[:240], np.zeros((0, 16)), np.zeros((0, 3)), k=10, bank_limit=100
     )
     assert no_val.joint_val.shape == (0, 3) and no_val.margin.shape == (240, 3)
+
+
+def test_quality_leaves_entries_without_a_true_label_out_of_precision() -> None:
+    labels = np.zeros((1, 3), dtype=np.int8)
+    full = np.array([[1, 0, -1]], dtype=np.int8)  # the middle entry has no true label (a "difficult" one)
+    q = quality(np.array([[1, 1, 1]], dtype=np.int8), labels, full)
+    assert q["pos_count"] == 3 and q["pos_correct"] == 1 and q["pos_precision"] == pytest.approx(1 / 2)

@@ -111,6 +111,9 @@ class MethodConfig:
     calibration_z: float = 1.28
     """Calibrated mode: precision on the known entries is a Wilson lower bound at this many standard deviations
     (0: ``TP / (k + 1)``), so that the luckiest cut of a small calibration set does not pass."""
+    weak_negative_weight: float | None = None
+    """Calibrated mode, classes with no known negative (single-positive labels): weight of their unknown entries
+    taken as negatives; None = 1/(C − 1), the "weak assume negative" of Cole et al. (2021); 1.0 = assume negative."""
     pseudo_negatives: bool = False
     """Calibrated mode: also turn unknown entries with strong negative evidence into negatives (off by default: on
     VOC 2007 they cost mAP although 99% precise; see docs/results.md, row hst_pseudo_negatives)."""

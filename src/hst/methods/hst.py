@@ -273,7 +273,9 @@ class HST(Method):
         weak = torch.zeros(labels.shape[1], dtype=torch.bool, device=labels.device)
         if self.weak_negative_classes is not None:
             weak = self.weak_negative_classes.to(labels.device)
-        weak_weight = 1.0 / max(self.num_classes - 1, 1)
+        weak_weight = c.weak_negative_weight
+        if weak_weight is None:
+            weak_weight = 1.0 / max(self.num_classes - 1, 1)
         if ctx.epoch >= c.pseudo_label_epoch and self.pseudo_targets is not None:
             pseudo = self.pseudo_targets[ctx.indices.to(self.pseudo_targets.device)].to(labels.device, labels.dtype)
             pseudo = torch.where((pseudo == 0) & weak[None, :], torch.full_like(pseudo, -1), pseudo)

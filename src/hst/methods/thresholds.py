@@ -78,7 +78,8 @@ def quality(pseudo: np.ndarray, labels: np.ndarray, full: np.ndarray | None) -> 
     """Count, precision and recall of pseudo positives and negatives against the full labels (if known).
 
     Recall is over the unknown entries of that polarity (the hidden positives, the hidden negatives).
-    A precision without pseudo labels, or a recall without hidden entries, is left out rather than NaN.
+    Precision counts the chosen entries that have a true label; one without any, or a recall without hidden entries,
+    is left out rather than NaN.
     """
     unknown = labels == 0
     out: dict[str, float] = {}
@@ -90,10 +91,12 @@ def quality(pseudo: np.ndarray, labels: np.ndarray, full: np.ndarray | None) -> 
         truth = full == sign
         correct = float((chosen & truth).sum())
         hidden = float((unknown & truth).sum())
+        # Entries without a true label (VOC's "difficult" ones) are neither right nor wrong.
+        judged = float((chosen & (full != 0)).sum())
         out[f"{name}_correct"] = correct
         out[f"{name}_possible"] = hidden
-        if out[f"{name}_count"]:
-            out[f"{name}_precision"] = correct / out[f"{name}_count"]
+        if judged:
+            out[f"{name}_precision"] = correct / judged
         if hidden:
             out[f"{name}_recall"] = correct / hidden
     return out
