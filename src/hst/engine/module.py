@@ -207,13 +207,13 @@ class PartialLabelModule(L.LightningModule):
         if gathered is None:
             return
         scores, labels = gathered[0].numpy(), gathered[1].numpy()
-        if stage == "val":
-            labels = positives_only_labels(labels)
         self.last_scores[stage] = (scores, labels)
+        # A validation class without a known negative would score AP 100 for any model: rank its unlabelled entries.
+        judged = positives_only_labels(labels) if stage == "val" else labels
         with warnings.catch_warnings():
             # Small validation splits may miss rare classes; they are left out of mAP on purpose.
             warnings.simplefilter("ignore")
-            result = evaluate(scores, labels, self.class_names)
+            result = evaluate(scores, judged, self.class_names)
         self.last_metrics[stage] = result.to_dict()
         self.log(f"{stage}/mAP", result.mAP, prog_bar=True)
         self.log(f"{stage}/OF1", result.OF1)
