@@ -48,11 +48,11 @@ def test_hst_trains_end_to_end_and_is_deterministic(tmp_path: Path) -> None:
     assert checkpoint["hst_method_state"]["prototypes"] is not None
     assert checkpoint["hst_class_names"][0] == "person"
 
-    # Pseudo-label counts were logged for each pseudo-label epoch (epochs 1 and 2; that they act at the sizes
-    # users run is test_shipped_defaults_make_pseudo_labels_at_the_default_size).
+    # The pseudo-label round was logged once (that it acts at the sizes users run is
+    # test_shipped_defaults_make_pseudo_labels_at_the_default_size).
     rows = list(csv.DictReader((first.run_dir / "csv" / "metrics.csv").open()))
     counts = [row["epoch"] for row in rows if row.get("method/pseudo_all_neg_count")]
-    assert counts == ["1", "2"]
+    assert counts == ["0"]  # decided once, before the first step
 
     # Training lowers the classification loss and ends well above the label-frequency (chance) mAP.
     bce = [float(row["train/bce"]) for row in rows if row.get("train/bce")]
@@ -99,12 +99,9 @@ def test_shipped_defaults_make_pseudo_labels_at_the_default_size(tmp_path: Path)
     base_rate = hidden_pos / hidden
     assert float(last["method/pseudo_all_pos_count"]) > 0.1 * hidden_pos
     assert float(last["method/pseudo_all_pos_precision"]) > base_rate + 0.5
-    # Negative evidence is calibrated too (used when method.pseudo_negatives=true): far purer than the unknowns.
-    assert float(last["method/pseudo_joint_neg_count"]) > 0.3 * (hidden - hidden_pos)
-    assert float(last["method/pseudo_joint_neg_precision"]) > 1 - base_rate / 3
-    # The image-level CST neighbours act on their own too.
-    assert float(last["method/pseudo_neighbours_pos_count"]) > 0.05 * hidden_pos
-    assert float(last["method/pseudo_neighbours_pos_precision"]) > base_rate + 0.5
+    # The rule keeps the precision it measured on the known entries: near the 0.9 target, not just above chance.
+    assert float(last["method/calibrated_positive_known_precision"]) >= 0.9
+    assert float(last["method/pseudo_all_pos_precision"]) >= 0.8
 
 
 def test_thresholds_get_their_own_param_group(tmp_path: Path) -> None:

@@ -194,6 +194,10 @@ def threshold_figure(log: MetricsLog, pseudo_epoch: Any, path: Path) -> str:
     if curves:
         return ", ".join(f"{label}: {v[0]:.3f} → {v[-1]:.3f}" for label, (_, v) in curves.items()) + "."
     calibrated = {label: f"method/calibrated_{key}_classes" for key, label in _CALIBRATED_SOURCES if key != "all"}
+    # The cross-fitted rule (one score, decided once) logs its calibrated classes per polarity.
+    calibrated |= {
+        f"cross-fitted rule, {name}s": f"method/calibrated_{name}_classes" for name in ("positive", "negative")
+    }
     title = "Classes with a calibrated positive threshold"
     curves = _epoch_curves(log, calibrated, pseudo_epoch, "classes", title, path)
     if not curves:
