@@ -10,8 +10,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-NO_THRESHOLD_HIGH = np.inf
-"""A positive threshold nothing reaches (the class gets no pseudo positives)."""
 NO_THRESHOLD_LOW = -np.inf
 """A negative threshold nothing stays under (the class gets no pseudo negatives)."""
 
