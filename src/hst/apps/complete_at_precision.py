@@ -18,7 +18,6 @@ precision, fills, and the reason where there are none).
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -208,16 +207,15 @@ def complete_at_precision(
         )
         pooled = collected["pooled"]
     method = module.config.method
-    settings = dataclasses.replace(
-        RoundSettings(),
+    # Both parts of the score and no cap, whatever the checkpoint's method trained with.
+    settings = RoundSettings.from_method(
+        method,
         target_precision=precision,
         negative_precision=precision,
         negatives=negatives,
-        min_positives=method.calibration_min_positives,
-        min_negatives=method.calibration_min_negatives,
-        z=method.calibration_z,
-        neighbours=method.cst_neighbours if method.cst_neighbours > 0 else 20,
-        bank_limit=method.neighbour_bank,
+        neighbours=method.cst_neighbours if method.cst_neighbours > 0 else RoundSettings.neighbours,
+        probe=True,
+        positive_cap=1.0,
     )
     read = np.asarray(rows)
     result = pseudo_label_round(pooled, partial[read], settings, calibration_labels[read])

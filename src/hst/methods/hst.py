@@ -193,22 +193,6 @@ class HST(Method):
         return logs
 
     # calibrated pseudo labels ------------------------------------------------------------------------
-    def _round_settings(self, seed: int) -> RoundSettings:
-        c = self.config
-        return RoundSettings(
-            target_precision=c.target_precision,
-            negative_precision=c.negative_precision,
-            negatives=c.pseudo_negatives,
-            min_positives=c.calibration_min_positives,
-            min_negatives=c.calibration_min_negatives,
-            z=c.calibration_z,
-            neighbours=c.cst_neighbours if c.use_cst else 0,
-            probe=c.classifier_evidence,
-            seed=seed,
-            positive_cap=c.positive_cap,
-            bank_limit=c.neighbour_bank,
-        )
-
     def _gather_sorted(self, rows: torch.Tensor, *arrays: torch.Tensor) -> list[np.ndarray]:
         """Rows of every process in dataset-row order (each process scored its own share)."""
         group = self.collective
@@ -242,7 +226,7 @@ class HST(Method):
         if weak.any():
             log.warning("%d classes have no known negative: their unknown entries are weak negatives", int(weak.sum()))
         chosen = None if self.calibration_labels is None else np.asarray(self.calibration_labels)[rows_np]
-        result = pseudo_label_round(pooled, labels, self._round_settings(seed=epoch), chosen)
+        result = pseudo_label_round(pooled, labels, RoundSettings.from_method(c, seed=epoch), chosen)
         targets = oracle_targets(result.targets, labels, full, c.pseudo_label_oracle)
         table = torch.zeros(max(self.num_train, int(rows_np.max()) + 1), self.num_classes, dtype=torch.int8)
         table[torch.from_numpy(rows_np)] = torch.from_numpy(targets)

@@ -8,10 +8,13 @@ score, when asked for. The precision measured is the precision of exactly what i
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from hst.config import MethodConfig
 from hst.methods.calibration import Calibration, apply_thresholds, calibrate_scores
 from hst.methods.cross_fitted_evidence import CrossFittedEvidence, cross_fitted_evidence
 from hst.methods.thresholds import expected_hidden_positives, quality
@@ -33,6 +36,23 @@ class RoundSettings:
     seed: int = 0
     positive_cap: float = 1.0
     bank_limit: int = 0
+
+    @classmethod
+    def from_method(cls, config: MethodConfig, **overrides: Any) -> RoundSettings:
+        """The settings HST's keys of ``config`` give, with ``overrides``."""
+        settings = cls(
+            target_precision=config.target_precision,
+            negative_precision=config.negative_precision,
+            negatives=config.pseudo_negatives,
+            min_positives=config.calibration_min_positives,
+            min_negatives=config.calibration_min_negatives,
+            z=config.calibration_z,
+            neighbours=config.cst_neighbours if config.use_cst else 0,
+            probe=config.classifier_evidence,
+            positive_cap=config.positive_cap,
+            bank_limit=config.neighbour_bank,
+        )
+        return dataclasses.replace(settings, **overrides)
 
 
 @dataclass
