@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from hst.methods.neighbour_evidence import NeighbourIndex
+from hst.methods.neighbour_evidence import NeighbourIndex, standardised
 
 PROBE_DECAYS = (1e-3, 1e-2, 1e-1)
 """Weight decays (on the mean BCE) the probe chooses from by the out-of-fold BCE of the known entries."""
@@ -100,11 +100,11 @@ def cross_fitted_probe(
     return best[1], best[2]
 
 
-def _standardised(values: np.ndarray) -> np.ndarray:
+def _standardised_over_images(values: np.ndarray) -> np.ndarray:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a class without any margin has an all-NaN column
         mean, std = np.nanmean(values, 0), np.nanstd(values, 0)
-    return np.nan_to_num((values - mean) / np.where(std > 0, std, 1.0), nan=0.0)
+    return standardised(values, mean, std)
 
 
 def cross_fitted_evidence(
@@ -129,7 +129,7 @@ def cross_fitted_evidence(
     margin = NeighbourIndex(pooled, labels, bank_limit).margins(None, neighbours) if neighbours > 0 else nan
     joint = np.zeros(shape, dtype=np.float64)
     if probe:
-        joint += _standardised(logits)
+        joint += _standardised_over_images(logits)
     if neighbours > 0:
-        joint += _standardised(margin)
+        joint += _standardised_over_images(margin)
     return CrossFittedEvidence(joint, logits, margin, decay)

@@ -1,11 +1,11 @@
-"""Image-level CST evidence: nearest known-labelled training images, alone and joined with the classifier.
+"""Image-level CST evidence: nearest known-labelled training images, alone and joined with a classifier's logits.
 
-The published CST compares category features with K-means prototypes. Here every unknown entry (i, c) is also
-scored by how much closer image i lies to its nearest training images with a known positive of c than to its
-nearest ones with a known negative (:func:`hst.models.cst.neighbour_margin`, on standardised pooled backbone
-features). On VOC 2007 at 10% known this ranks the hidden entries better than the prototypes do, and its sum
-with the classifier's logit ranks them better than either alone (docs/results.md), so the two are calibrated as
-one "joint" evidence on the validation split, which neither has seen.
+The published CST compares category features with K-means prototypes. Here every entry (i, c) is also scored by
+how much closer image i lies to its nearest training images with a known positive of c than to its nearest ones
+with a known negative (:func:`hst.models.cst.neighbour_margin`, on standardised pooled backbone features).
+:class:`NeighbourIndex` serves HST's cross-fitted rule (:mod:`hst.methods.cross_fitted_evidence`);
+:func:`neighbour_evidence` (a trained classifier's logits joined with the margins) serves the benchmark scripts
+that read trained runs.
 """
 
 from __future__ import annotations
@@ -72,7 +72,8 @@ class NeighbourIndex:
         return torch.cat(chunks).numpy() if chunks else np.zeros((0, num_classes), dtype=np.float32)
 
 
-def _standardised(values: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+def standardised(values: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """``(values − mean) / std`` per column (a zero std counts as 1), NaN as 0 (no evidence either way)."""
     return np.nan_to_num((values - mean) / np.where(std > 0, std, 1.0), nan=0.0)
 
 
@@ -98,6 +99,6 @@ def neighbour_evidence(
         warnings.simplefilter("ignore", RuntimeWarning)  # a class without any margin has an all-NaN column
         m_mean, m_std = np.nanmean(margin, 0), np.nanstd(margin, 0)
     l_mean, l_std = train_logits.mean(0), train_logits.std(0)
-    joint = _standardised(train_logits, l_mean, l_std) + _standardised(margin, m_mean, m_std)
-    joint_val = _standardised(val_logits, l_mean, l_std) + _standardised(margin_val, m_mean, m_std)
+    joint = standardised(train_logits, l_mean, l_std) + standardised(margin, m_mean, m_std)
+    joint_val = standardised(val_logits, l_mean, l_std) + standardised(margin_val, m_mean, m_std)
     return NeighbourEvidence(margin, joint, joint_val)
