@@ -71,6 +71,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default="compiled",
         help="ISTHead kernel measured as 'ours' and used in the hst step (compiled)",
     )
+    parser.add_argument(
+        "--adam",
+        choices=["default", "fused"],
+        default="default",
+        help="Adam of (b): the engine's default implementation, or fused=True (what it would change)",
+    )
     parser.add_argument("--no-isolate", action="store_true", help="measure (a) in this process (CPU peak less exact)")
     parser.add_argument("--no-profile", action="store_true", help="no profile even when a target is missed")
     parser.add_argument("--profile", action="store_true", help="print the step profiles even when targets are met")
@@ -202,6 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 feature_dim=feature_dim,
                 hidden_dim=hidden_dim,
                 ist_kernel=args.ist_kernel,
+                adam=args.adam,
             )
             row = step_benchmark(setup, plan.repeats, device, backbone, plan.image_size)
             row.ist_ms, row.fold_ms = ist_alone[num]
@@ -218,6 +225,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             del setup
     print()
     print(format_step_table(step_rows, plan.repeats, device))
+    if args.adam == "fused":
+        print("Adam: torch.optim.Adam(fused=True) in (b); the training engine uses the default implementation")
     for text in profiles:
         print()
         print(text)

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from hst.models.ist import ISTHead, pair_index
+from hst.models.ist_kernel import folded_width
 from speed_common import MIB, PeakMemory, activities, median_ms, run_isolated, sync, top_ops
 
 IST_TARGET = 20.0
@@ -170,11 +171,12 @@ def float64_check(
 
 
 def measure_fold(num_pairs: int, dim: int, repeats: int, device: torch.device) -> float:
-    """Median ms of the fold ``W_pairs @ W3`` (``P×K`` by ``K×K``) forward + backward that ISTHead runs once
-    per step whatever the batch size."""
+    """Median ms of the fold ``W_pairs @ [W3 | b3 | 0]`` (``P×K`` by ``K×W``, ``W`` = K + 1 rounded up) forward +
+    backward that ISTHead runs once per step whatever the batch size."""
+    width = folded_width(dim)
     pair_weight = torch.randn(num_pairs, dim, device=device, requires_grad=True)
-    fc3_weight = torch.randn(dim, dim, device=device, requires_grad=True)
-    grad = torch.randn(num_pairs, dim, device=device)
+    fc3_weight = torch.randn(dim, width, device=device, requires_grad=True)
+    grad = torch.randn(num_pairs, width, device=device)
     seconds = []
     for step in range(1 + repeats):
         pair_weight.grad = fc3_weight.grad = None

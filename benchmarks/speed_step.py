@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import time
 from collections.abc import Iterator, Sequence
@@ -23,6 +25,17 @@ STEP_TARGETS = {80: 1.15, 200: 1.3}
 
 
 PHASES = ("forward", "loss", "backward", "optimizer")
+
+
+@contextlib.contextmanager
+def _quiet(logger: str) -> Iterator[None]:
+    log = logging.getLogger(logger)
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def random_partial_labels(
@@ -56,10 +69,12 @@ def build_step_setup(
     hidden_dim: int = 512,
     seed: int = 0,
     ist_kernel: str = "eager",
+    adam: str = "default",
 ) -> StepSetup:
     """One network shared by every method (each with its own Adam, as the engine sets it up), random
     images and partial labels (~50% unknown); hst gets prototypes from a small random feature source and
-    is stepped in its pseudo-label phase."""
+    is stepped in its pseudo-label phase. ``adam="fused"`` steps with ``torch.optim.Adam(fused=True)``
+    instead of the engine's default implementation (to show what that choice would change)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     class_names = [f"class_{i}" for i in range(num_classes)]
@@ -90,7 +105,8 @@ def build_step_setup(
     for name in method_names:
         config = MethodConfig(name=name, ist_kernel=ist_kernel)
         method = create(name, config, num_classes, network.feature_dim, 1000).to(device).train()
-        method.on_train_epoch_start(epoch, feature_source)
+        with _quiet("hst.methods"):  # random labels: its per-class calibration warnings say nothing here
+            method.on_train_epoch_start(epoch, feature_source)
         thresholds = method.threshold_parameters()
         ids = {id(p) for p in thresholds}
         main = [p for p in [*network.parameters(), *method.parameters()] if p.requires_grad and id(p) not in ids]
@@ -98,7 +114,7 @@ def build_step_setup(
         if thresholds:
             groups.append({"params": thresholds, "lr": 1e-3, "weight_decay": 0.0})
         methods[name] = method
-        optimizers[name] = torch.optim.Adam(groups)
+        optimizers[name] = torch.optim.Adam(groups, fused=True) if adam == "fused" else torch.optim.Adam(groups)
     images = torch.randn(batch, 3, image_size, image_size, device=device)
     labels = torch.from_numpy(random_partial_labels(rng, batch, num_classes)).to(device)
     return StepSetup(network, methods, optimizers, images, labels, epoch)

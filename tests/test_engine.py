@@ -126,6 +126,21 @@ def test_thresholds_get_their_own_param_group(tmp_path: Path) -> None:
     assert len(module.configure_optimizers()["optimizer"].param_groups) == 1
 
 
+def test_backbone_lr_scale_slows_only_the_trainable_backbone(tmp_path: Path) -> None:
+    config = tiny_config(tmp_path, "optim.lr=0.002", "optim.backbone_lr_scale=0.1", "model.trainable=last_stage")
+    splits = prepare_splits(config.data)
+    module = PartialLabelModule(config, splits.train.class_names, splits.train.labels, len(splits.train))
+    groups = module.configure_optimizers()["optimizer"].param_groups
+    backbone = {id(p) for p in module.network.backbone.parameters() if p.requires_grad}
+    seen: set[int] = set()
+    for group in groups:
+        ids = {id(p) for p in group["params"]}
+        seen |= ids
+        assert ids <= backbone or not ids & backbone  # no group mixes the two
+        assert group["lr"] == pytest.approx(0.0002 if ids <= backbone and ids else 0.002)
+    assert backbone <= seen and len(backbone) > 0
+
+
 def test_splits_mask_whole_source_then_carve_validation(tmp_path: Path) -> None:
     config = tiny_config(tmp_path, "data.proportion=0.4")
     splits = prepare_splits(config.data)

@@ -16,6 +16,7 @@ from hst.models.ist import (
     pair_index,
     row_blocks,
 )
+from hst.models.ist_kernel import block_pairs, folded_width
 
 try:
     import reference_hst as ref
@@ -61,6 +62,48 @@ def test_ist_head_matches_published_formulation(num: int, batch: int, dims: tupl
         assert len(row_blocks(num, batch * output_dim, budget)) > 5
 
 
+@pytest.mark.parametrize(("num", "per_pair", "budget"), [(2, 1, 1), (7, 3, 10), (30, 5, 200), (30, 5, 1)])
+def test_block_pairs_place_every_pair_once(num: int, per_pair: int, budget: int) -> None:
+    """Each block reads and writes exactly its own pairs of the pair order (one-row blocks and tails of several)."""
+    first, second = pair_index(num)
+    seen = torch.zeros(len(first), dtype=torch.long)
+    blocks = block_pairs(num, per_pair, budget, "cpu")
+    for blk in blocks:
+        rows = torch.arange(blk.r0, blk.r1)[:, None].expand(-1, blk.cols)
+        cols = torch.arange(blk.r0 + 1, num)[None, :].expand(blk.rows, -1)
+        valid = cols > rows
+        ids = torch.arange(len(first), dtype=torch.float64)[:, None]
+        got = blk.gather(ids)[..., 0]
+        assert torch.equal(first[got[valid].long()], rows[valid]) and torch.equal(
+            second[got[valid].long()], cols[valid]
+        )
+        assert torch.equal(got[~valid], torch.zeros(int((~valid).sum()), dtype=torch.float64))  # padding reads 0
+        marks = torch.zeros(len(first), 1, dtype=torch.long)
+        blk.scatter(marks, torch.ones(blk.rows, blk.cols, 1, dtype=torch.long))
+        seen += marks[:, 0]
+    assert torch.equal(seen, torch.ones_like(seen))
+    assert budget > 1 or all(blk.rows == 1 for blk in blocks)
+    assert folded_width(1024) == 1040 and folded_width(15) == 16
+
+
+@pytest.mark.parametrize("trainable", ["front", "fold", "input"])
+def test_ist_head_gradients_when_only_some_inputs_train(trainable: str) -> None:
+    """The kernel skips the gradients nobody asked for and still gets the others right."""
+    torch.manual_seed(11)
+    head = ISTHead(9, 12, 6, 10, chunk_elements=150)
+    with torch.no_grad():
+        head.fc2.bias.uniform_(-0.5, 0.5)
+    keep = {"front": ("fc1", "fc2"), "fold": ("fc3", "pair_classifier"), "input": ()}[trainable]
+    for name, param in head.named_parameters():
+        param.requires_grad_(name.split(".")[0] in keep)
+    semantic = torch.randn(3, 9, 12, requires_grad=trainable == "input")
+    out = head(semantic)
+    expected = ref.ist_head(head, semantic.double())
+    ref.assert_close_rel(out, expected)
+    inputs = [p for p in head.parameters() if p.requires_grad] + ([semantic] if semantic.requires_grad else [])
+    ref.assert_grads_close(ref.grads(out, inputs), ref.grads(expected, inputs))
+
+
 @pytest.mark.slow
 def test_compiled_kernel_matches_published_formulation() -> None:
     """The torch.compile kernel (one-off compilation, tens of seconds on CPU) gives the same values and grads."""
@@ -71,10 +114,19 @@ def test_compiled_kernel_matches_published_formulation() -> None:
         head.fc2.bias.uniform_(-0.5, 0.5)
     semantic = torch.randn(batch, num, 16, requires_grad=True)
     out = head(semantic)
-    assert len(row_blocks(num, batch * 8, 300)) > 2  # blocks of several shapes reach the dynamic kernel
+    # blocks of several shapes reach the dynamic kernel: one-row blocks (gradient written in place) and a tail
+    rows = {blk.rows for blk in block_pairs(num, batch * 16, 300, "cpu")}
+    assert 1 in rows and max(rows) > 1
     expected = ref.ist_head(head, semantic.double())
     ref.assert_close_rel(out, expected)
     inputs = [*head.parameters(), semantic]
+    ref.assert_grads_close(ref.grads(out, inputs), ref.grads(expected, inputs))
+    # only the fold trains: the kernel's other gradients go nowhere, the fold's are still right
+    for param in [*head.fc1.parameters(), *head.fc2.parameters()]:
+        param.requires_grad_(False)
+    frozen = semantic.detach()
+    out, expected = head(frozen), ref.ist_head(head, frozen.double())
+    inputs = [p for p in head.parameters() if p.requires_grad]
     ref.assert_grads_close(ref.grads(out, inputs), ref.grads(expected, inputs))
 
 

@@ -3,6 +3,7 @@ guards (token, loopback host, path traversal), on a tiny model trained on synthe
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import http.client
 import json
@@ -18,6 +19,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -28,7 +30,8 @@ from hst.config import ConfigError, DataConfig, resolve_config
 from hst.data.readers import read_csv_manifest
 from hst.data.splits import prepare_splits
 from hst.review.app import create_app
-from hst.review.session import ReviewSession, Suggestion, log_path, open_review, order
+from hst.review.session import ReviewSession, Suggestion, log_path, order, value_of
+from hst.review.suggest import open_review, promise_lines
 
 try:
     from tiny_run import TINY, tiny_checkpoint, write_image_manifests
@@ -102,6 +105,108 @@ def test_order_puts_the_most_doubtful_first_grouped_by_image() -> None:
     assert order(items) == [2, 3, 4, 5, 1, 0]
 
 
+def test_entries_with_no_suggestion_come_last_and_ask_present() -> None:
+    def s(image: int, label: int, value: int, confidence: float, rank: float = 0.0) -> Suggestion:
+        return Suggestion(image, label, value, confidence, None, None, rank=rank)
+
+    # image 0 has only entries with no suggestion; image 1 a fill, whose entries with none follow it
+    items = [s(0, 0, 0, 0.5, -2.0), s(1, 1, 0, 0.5, -3.0), s(1, 0, -1, 0.97, 0.4), s(2, 2, 1, 0.97, 0.1)]
+    # image 2's fill is nearer its threshold than image 1's at equal measured precision
+    assert order(items) == [3, 2, 1, 0]
+    assert [value_of(a, 0) for a in ("accept", "reject", "unknown")] == [1, -1, 0]
+    assert [value_of(a, -1) for a in ("accept", "reject", "unknown")] == [-1, 1, 0]
+
+
+# ---- --precision: the suggestions of hst complete --precision P, and the promise it makes --------------------
+P = 0.6  # the tiny model calibrates a few classes' negatives at 0.6 and none at 0.9
+
+
+def read_classes(path: Path) -> dict[tuple[str, str], dict[str, str]]:
+    with path.open(newline="") as handle:
+        return {(row["class"], row["polarity"]): row for row in csv.DictReader(handle)}
+
+
+def test_precision_suggestions_are_the_fills_of_complete_at_precision(
+    checkpoint: Path, manifests: tuple[Path, Path], tmp_path: Path
+) -> None:
+    session = open_review(checkpoint, manifests[1], tmp_path / "reviewed.csv", precision=P)
+    filled_csv = tmp_path / "filled.csv"
+    given = ["complete", str(checkpoint), str(manifests[1]), "--out", str(filled_csv), "--precision", str(P)]
+    assert main([*given, "--on-error", "skip"]) == 0
+    partial, completed = session.partial, read_csv_manifest(filled_csv).labels
+    fills = completed != partial
+    # Every unknown entry is reviewable; its suggestion is complete's fill, or none where complete leaves it unknown.
+    assert sorted((s.image, s.label) for s in session.suggestions) == [tuple(e) for e in np.argwhere(partial == 0)]
+    for s in session.suggestions:
+        assert s.value == (completed[s.image, s.label] if fills[s.image, s.label] else 0)
+    assert 0 < sum(s.value != 0 for s in session.suggestions) < len(session.suggestions)
+    # The promise on the page is the one complete wrote, class by class; a refused class suggests nothing.
+    assert session.promise is not None
+    written = read_classes(filled_csv.with_name("filled.classes.csv"))
+    refused = 0
+    for c, found in enumerate(session.promise["classes"]):
+        for key, sign in (("positive", 1), ("negative", -1)):
+            rule, row = found[key], written[found["name"], key]
+            offered = [s for s in session.suggestions if s.label == c and s.value == sign]
+            assert (rule["reason"], rule["known"], len(offered)) == (
+                row["reason"],
+                int(row["known_above"]),
+                int(row["filled"]),
+            )
+            if rule["threshold"] is None:
+                refused += 1
+                assert row["threshold"] == "" and not offered
+            else:
+                assert rule["threshold"] == pytest.approx(float(row["threshold"]), abs=1e-5)
+                assert rule["correct"] / rule["known"] == pytest.approx(float(row["known_precision"]), abs=1e-4)
+                assert all(s.confidence == pytest.approx(rule["correct"] / rule["known"]) for s in offered)
+                assert rule["correct"] / rule["known"] >= P
+    assert refused > 0
+    assert session.promise["unsuggested"] == sum(s.value == 0 for s in session.suggestions)
+    # Suggestions come before the entries with none, in every image and across images.
+    by_image: dict[int, list[int]] = {}
+    for k in session.order:
+        by_image.setdefault(session.suggestions[k].image, []).append(session.suggestions[k].value)
+    assert all(values == sorted(values, key=lambda v: v == 0) for values in by_image.values())
+    has_fill = [any(values) for values in by_image.values()]
+    assert has_fill == sorted(has_fill, reverse=True)
+    # The page gets plain JSON (no NaN) and the promise; the command prints it.
+    state = json.loads(json.dumps(session.state(), allow_nan=False))
+    assert state["promise"]["precision"] == P and any(row[2] == 0 for row in state["suggestions"])
+    lines = promise_lines(session.promise)
+    assert lines[0].startswith(f"suggestions at precision {P:g}, calibrated per class on the known labels of")
+
+
+def test_review_decisions_never_change_the_calibration(
+    checkpoint: Path, manifests: tuple[Path, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "reviewed.csv"
+    session = open_review(checkpoint, manifests[1], out, precision=P)
+    promise, suggestions = session.promise, session.suggestions
+    # A person who rejects every fill of a calibrated class and marks entries with no suggestion present: labels a
+    # rule calibrated on them would fail its promise on.
+    fills = [s for s in suggestions if s.value == -1]
+    chosen = [s for s in fills if s.label == fills[0].label]
+    none = [s for s in suggestions if s.value == 0][:20]
+    for s in chosen:
+        session.decide(s.image, s.label, "reject")
+    for s in none:
+        session.decide(s.image, s.label, "accept")
+    written = read_csv_manifest(out).labels
+    assert all(written[s.image, s.label] == 1 for s in chosen + none)  # no suggestion: accept writes present
+    assert session.promise == promise
+    # Resuming computes the suggestions again from the input, which the review never writes: same calibration.
+    again = open_review(checkpoint, manifests[1], out, precision=P)
+    assert again.promise == promise and again.suggestions == suggestions
+    assert len(again.decisions()) == len(chosen) + len(none) and not again.ignored
+    assert log_events(again.log_path)[-1]["precision"] == P
+    # The reviewed file as input: its known labels are partly a person's, so only the file before calibrates.
+    with pytest.raises(ConfigError, match="calibrate-on"):
+        open_review(checkpoint, out, tmp_path / "second.csv", precision=P)
+    second = open_review(checkpoint, out, tmp_path / "second.csv", precision=P, calibrate_on=manifests[1])
+    assert second.promise is not None and second.promise["calibrated_on"] == str(manifests[1])
+
+
 def test_decisions_undo_and_the_files_they_write(session: ReviewSession, manifests: tuple[Path, Path]) -> None:
     before = manifests[1].read_bytes()
     first, second, third = (session.suggestions[k] for k in session.order[:3])
@@ -157,6 +262,11 @@ def test_bad_outputs_are_refused(checkpoint: Path, manifests: tuple[Path, Path],
     assert (tmp_path / "other.csv").read_text() == "image,a\n"
     with pytest.raises(ConfigError, match=r"\.csv"):
         open_review(checkpoint, manifests[1], tmp_path / "out.json")
+    with pytest.raises(ConfigError, match="--precision"):
+        open_review(checkpoint, manifests[1], tmp_path / "p.csv", precision=1.5)
+    assert not (tmp_path / "p.csv").exists()
+    for option in (["--positives-only"], ["--calibrate-on", str(manifests[1])]):
+        assert main(["review", str(checkpoint), str(manifests[1]), "--out", str(tmp_path / "q.csv"), *option]) == 2
 
 
 def test_concurrent_decisions_are_all_kept(session: ReviewSession) -> None:
@@ -270,8 +380,18 @@ def browser_binaries() -> tuple[str, str]:
 class Server:
     """``hst review`` running in its own process, as a person starts it."""
 
-    def __init__(self, checkpoint: Path, partial: Path, out: Path) -> None:
-        command = [sys.executable, "-m", "hst.cli", "review", str(checkpoint), str(partial), "--out", str(out)]
+    def __init__(self, checkpoint: Path, partial: Path, out: Path, *options: str) -> None:
+        command = [
+            sys.executable,
+            "-m",
+            "hst.cli",
+            "review",
+            str(checkpoint),
+            str(partial),
+            "--out",
+            str(out),
+            *options,
+        ]
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         self.output: list[str] = []
@@ -322,11 +442,11 @@ class Server:
 
 
 @pytest.fixture
-def server_factory(checkpoint: Path, manifests: tuple[Path, Path]) -> Iterator[Callable[[Path], Server]]:
+def server_factory(checkpoint: Path, manifests: tuple[Path, Path]) -> Iterator[Callable[..., Server]]:
     started: list[Server] = []
 
-    def start(out: Path) -> Server:
-        started.append(Server(checkpoint, manifests[1], out))
+    def start(out: Path, *options: str) -> Server:
+        started.append(Server(checkpoint, manifests[1], out, *options))
         return started[-1]
 
     yield start
@@ -400,20 +520,12 @@ def body_data(driver: object, name: str) -> str:
     return str(driver.execute_script(f"return document.body.dataset.{name} || ''"))  # type: ignore[attr-defined]
 
 
-@pytest.mark.slow
-def test_review_page_in_headless_chromium(
-    server_factory: Callable[[Path], Server], manifests: tuple[Path, Path], tmp_path: Path
-) -> None:
+@contextlib.contextmanager
+def chromium(profile: Path) -> Iterator[Any]:
+    """A headless Chromium driven by selenium, quit on leaving."""
     browser, driver_path = browser_binaries()
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
-
-    out = tmp_path / "reviewed.csv"
-    server = server_factory(out)
-    state = get_json(f"{server.url}api/state")
-    names, images = state["classes"], state["images"]
-    order_seen = [f"{images[s[0]]}|{names[s[1]]}" for s in state["suggestions"]]
 
     options = webdriver.ChromeOptions()
     options.binary_location = browser
@@ -426,34 +538,57 @@ def test_review_page_in_headless_chromium(
         "--disable-sync",
         "--no-first-run",
         "--window-size=1280,900",
-        f"--user-data-dir={tmp_path / 'profile'}",
+        f"--user-data-dir={profile}",
     ):
         options.add_argument(argument)
     driver = webdriver.Chrome(options=options, service=Service(executable_path=driver_path))
     try:
         driver.set_page_load_timeout(60)
+        yield driver
+    finally:
+        driver.quit()
 
-        def load(url: str) -> None:
-            driver.get(url)
-            wait_for(driver, lambda d: body_data(d, "ready") == "1", "the page did not finish loading")
 
-        def press(keys: str, decided: int) -> None:
-            driver.find_element(By.TAG_NAME, "body").send_keys(keys)
-            wait_for(
-                driver,
-                lambda d: body_data(d, "decided") == str(decided) and not body_data(d, "busy"),
-                f"no {decided} decisions after pressing {keys!r}",
-            )
+def load(driver: Any, url: str) -> None:
+    driver.get(url)
+    wait_for(driver, lambda d: body_data(d, "ready") == "1", "the page did not finish loading")
 
-        load(server.url)
+
+def press(driver: Any, keys: str, decided: int) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver.find_element(By.TAG_NAME, "body").send_keys(keys)
+    wait_for(
+        driver,
+        lambda d: body_data(d, "decided") == str(decided) and not body_data(d, "busy"),
+        f"no {decided} decisions after pressing {keys!r}",
+    )
+
+
+@pytest.mark.slow
+def test_review_page_in_headless_chromium(
+    server_factory: Callable[..., Server], manifests: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    browser_binaries()  # before the server starts
+    out = tmp_path / "reviewed.csv"
+    server = server_factory(out)
+    state = get_json(f"{server.url}api/state")
+    names, images = state["classes"], state["images"]
+    order_seen = [f"{images[s[0]]}|{names[s[1]]}" for s in state["suggestions"]]
+
+    with chromium(tmp_path / "profile") as driver:
+        load(driver, server.url)
         assert body_data(driver, "current") == order_seen[0]  # the most doubtful suggestion comes first
+        assert not driver.find_element(By.ID, "promise").is_displayed()  # no --precision, no promise
         shortcuts = driver.find_element(By.ID, "keys").text
         assert "accept" in shortcuts and "reject" in shortcuts and "undo" in shortcuts
-        press("a", 1)
+        press(driver, "a", 1)
         assert body_data(driver, "current") == order_seen[1]
-        press("r", 2)
-        press("a", 3)
-        press("z", 2)  # undo the third decision: the cursor goes back to it
+        press(driver, "r", 2)
+        press(driver, "a", 3)
+        press(driver, "z", 2)  # undo the third decision: the cursor goes back to it
         assert body_data(driver, "current") == order_seen[2]
         assert "decided 2 / " in driver.find_element(By.ID, "progress").text
         # Every resource came from the review server itself.
@@ -484,10 +619,47 @@ def test_review_page_in_headless_chromium(
         server.kill()
         again = server_factory(out)
         assert any("2 already decided" in line for line in again.output)
-        load(again.url)
+        load(driver, again.url)
         assert body_data(driver, "decided") == "2" and body_data(driver, "current") == order_seen[2]
-        press("u", 3)
+        press(driver, "u", 3)
         assert read_csv_manifest(out).labels[third[0], third[1]] == 0
         assert log_events(log_path(out))[-1]["event"] == "unknown"
-    finally:
-        driver.quit()
+
+
+@pytest.mark.slow
+def test_precision_review_page_states_the_promise(server_factory: Callable[..., Server], tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    browser_binaries()  # before the server starts
+    out = tmp_path / "reviewed.csv"
+    server = server_factory(out, "--precision", str(P))
+    assert any(line.startswith(f"suggestions at precision {P:g}") for line in server.output)
+    state = get_json(f"{server.url}api/state")
+    names, promise = state["classes"], state["promise"]
+    # a class refused both ways: its reasons are on the page and its entries have no suggestion
+    both = [
+        c for c, found in enumerate(promise["classes"]) if found["positive"]["reason"] and found["negative"]["reason"]
+    ]
+    refused = both[0]
+    with chromium(tmp_path / "profile") as driver:
+        load(driver, server.url)
+        summary = driver.find_element(By.ID, "promise-summary")
+        assert f"at least {P} precise" in summary.text and "never on this review's decisions" in summary.text
+        summary.click()  # the per-class table: each class's measured precision, or why it was refused
+        table = driver.find_element(By.ID, "promise-table").text
+        assert promise["classes"][refused]["negative"]["reason"] in table
+        calibrated = next(found for found in promise["classes"] if found["negative"]["threshold"] is not None)
+        assert f"{calibrated['negative']['correct']} of {calibrated['negative']['known']} known correct" in table
+        current = driver.find_element(By.CSS_SELECTOR, "#suggestions tr.current").text
+        assert "no suggestion" not in current and "score" in current  # suggestions first
+        # In a refused class every entry is reviewable with no suggestion; A marks it present.
+        Select(driver.find_element(By.ID, "filter-class")).select_by_visible_text(names[refused])
+        wait_for(driver, lambda d: body_data(d, "current").endswith(f"|{names[refused]}"), "the filter did not apply")
+        current = driver.find_element(By.CSS_SELECTOR, "#suggestions tr.current")
+        assert f"no suggestion at {P}" in current.text
+        image, label = int(current.get_attribute("data-image")), refused
+        press(driver, "a", 1)
+    assert read_csv_manifest(out).labels[image, label] == 1
+    last = log_events(log_path(out))[-1]
+    assert (last["event"], last["value"], last["suggested"]) == ("accept", 1, 0)

@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "predict": "hst.commands.predict",
     "complete": "hst.commands.complete",
     "review": "hst.commands.review",
+    "simulate-review": "hst.commands.simulate_review",
     "export": "hst.commands.export",
 }
 # The commands that group others (``hst data stats``): their one-line help.

@@ -12,19 +12,19 @@ import hashlib
 import json
 import time
 from collections.abc import Sequence
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from hst.data.base import IMAGE_DECODING, MultiLabelData
-from hst.data.datasets import InferenceImages
 from hst.data.splits import prepare_splits
-from hst.data.transforms import build_transform
 from hst.io import atomic_path, atomic_write, write_text_atomic
 from hst.models.backbone import Backbone
+from hst.models.frozen_runtime import frozen_features, weights_fingerprint
 from hst.progress import progress_bar
 
 CACHE_FORMAT = 1
@@ -110,19 +110,6 @@ def image_files_digest(data: MultiLabelData, memo_path: Path | None = None) -> s
     return digest.hexdigest()
 
 
-def weights_fingerprint(backbone: Backbone) -> str:
-    """sha256 over the names, shapes, dtypes and bytes of all backbone tensors.
-
-    The weights description alone cannot tell two random initialisations apart.
-    """
-    digest = hashlib.sha256()
-    for name, tensor in backbone.state_dict().items():
-        flat = tensor.detach().cpu().contiguous().reshape(-1)
-        digest.update(f"{name}\t{tuple(tensor.shape)}\t{tensor.dtype}\n".encode())
-        digest.update(flat.view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
 def _weights_file_stamp(description: str) -> str | None:
     # create_backbone describes a state-dict file as "file <path>"
     if not description.startswith("file "):
@@ -136,11 +123,16 @@ def _weights_file_stamp(description: str) -> str | None:
 
 
 def feature_cache_fields(
-    data: MultiLabelData, backbone: Backbone, image_size: int, cache_dir: Path | None = None
+    data: MultiLabelData,
+    backbone: Backbone,
+    image_size: int,
+    cache_dir: Path | None = None,
+    fingerprint: str | None = None,
 ) -> dict[str, Any]:
     """Everything the cached features depend on; :func:`feature_cache_key` hashes exactly this.
 
-    ``cache_dir``: where the image digests are remembered between runs (:func:`image_files_digest`)."""
+    ``cache_dir``: where the image digests are remembered between runs (:func:`image_files_digest`);
+    ``fingerprint``: the tensors' sha256 when only some of them matter (default: all the backbone's)."""
     return {
         "format": CACHE_FORMAT,
         "source": data.source,
@@ -150,7 +142,7 @@ def feature_cache_fields(
         "backbone": backbone.name,
         "weights": backbone.weights_description,
         "weights_file_stamp": _weights_file_stamp(backbone.weights_description),
-        "weights_sha256": weights_fingerprint(backbone),
+        "weights_sha256": fingerprint or weights_fingerprint(backbone),
         "image_size": int(image_size),
         "transform": transform_description(image_size, backbone.mean, backbone.std),
         "image_decoding": IMAGE_DECODING,
@@ -287,16 +279,16 @@ def extract_features(
     num_workers: int = 0,
     progress: bool = True,
     channels_last: bool = False,
+    runtime: str | None = None,
 ) -> FeatureCache:
     """Return the cache of ``backbone`` features on ``data``, computing and writing it if needed.
 
-    Images go through the eval transform (no augmentation); the backbone runs in eval mode under
-    ``torch.inference_mode()`` on the device of its parameters. The array is written under a temporary
-    name and renamed when complete; the sidecar JSON comes last, so an interrupted run leaves nothing
-    that :meth:`FeatureCache.open` accepts.
+    Images go through the eval transform (no augmentation); the backbone runs in eval mode, on the CPU through
+    the fastest runtime at hand (:func:`hst.models.frozen_runtime.frozen_features`, whose exported graph is kept
+    in ``cache_dir/onnx``), else on the device of its parameters. The array is written under a temporary name
+    and renamed when complete; the sidecar JSON comes last, so an interrupted run leaves nothing that
+    :meth:`FeatureCache.open` accepts.
     """
-    # imported here: the data module imports this module to serve cached features
-
     cache_dir = Path(cache_dir)
     fields = feature_cache_fields(data, backbone, image_size, cache_dir)
     key = _key_of(fields)
@@ -308,27 +300,21 @@ def extract_features(
 
     cache_dir.mkdir(parents=True, exist_ok=True)
     npy_path, meta_path = _paths(cache_dir, key)
-    transform = build_transform(image_size, "none", backbone.mean, backbone.std)
-    loader = DataLoader(
-        InferenceImages(data, transform),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=num_workers,
-    )
-    device = next(backbone.parameters()).device
     was_training = backbone.training
     start = time.perf_counter()
     out: np.memmap | None = None
     try:
         backbone.eval()
         row = 0
+        batches = frozen_features(
+            backbone, data, image_size, cache_dir, batch_size, num_workers, channels_last, runtime=runtime
+        )
         with atomic_path(npy_path) as tmp_npy:
-            with torch.inference_mode(), progress_bar(len(data), progress, f"features {key}") as advance:
-                for _, images, _ in loader:
-                    images = images.to(device, non_blocking=True)
-                    if channels_last:
-                        images = images.contiguous(memory_format=torch.channels_last)
-                    batch = backbone(images).float()
+            # closing: an error here stops the decoding thread at once instead of when the generator is collected
+            with closing(batches), progress_bar(len(data), progress, f"features {key}") as advance:
+                for found in batches:
+                    assert found.features is not None  # unreadable images raise: the cache holds every row
+                    batch = found.features.float()
                     if batch.ndim != 4:
                         raise FeatureCacheError(f"{backbone.name}: expected N×F×h×w features, got {tuple(batch.shape)}")
                     if not bool(torch.isfinite(batch).all()) or float(batch.abs().max()) > FP16_MAX:

@@ -244,9 +244,9 @@ def _f1(precision: float, recall: float) -> float:
 
 
 def _precision_recall(
-    predicted: np.ndarray, labels: np.ndarray, keep: np.ndarray
-) -> tuple[float, float, float, float, float, float]:
-    """(OP, OR, OF1, CP, CR, CF1) in percent; unknown entries are excluded from every count."""
+    predicted: np.ndarray, labels: np.ndarray, keep: np.ndarray, suffix: str = ""
+) -> dict[str, float]:
+    """OP, OR, OF1, CP, CR, CF1 (each name + ``suffix``) in percent; unknown entries are excluded from every count."""
     pos = labels == POSITIVE
     n_correct = (predicted & pos).sum(axis=0)
     n_predicted = (predicted & (labels != UNKNOWN)).sum(axis=0)
@@ -256,7 +256,8 @@ def _precision_recall(
     cp = float((n_correct[keep] / np.maximum(n_predicted[keep], 1)).mean())
     cr = float((n_correct[keep] / np.maximum(n_positive[keep], 1)).mean())
     # CF1 is the F1 of the averaged CP and CR, not the mean of per-class F1 values.
-    return 100 * op, 100 * orc, 100 * _f1(op, orc), 100 * cp, 100 * cr, 100 * _f1(cp, cr)
+    rates = (100 * op, 100 * orc, 100 * _f1(op, orc), 100 * cp, 100 * cr, 100 * _f1(cp, cr))
+    return {name + suffix: rate for name, rate in zip(("OP", "OR", "OF1", "CP", "CR", "CF1"), rates, strict=True)}
 
 
 def evaluate(
@@ -299,23 +300,13 @@ def evaluate(
         top_idx = np.argsort(-score_array, axis=1, kind="stable")[:, :top_k]
         np.put_along_axis(in_top, top_idx, True, axis=1)
     overall = _precision_recall(predicted, label_array, keep)
-    top = _precision_recall(predicted & in_top, label_array, keep)
+    top = _precision_recall(predicted & in_top, label_array, keep, suffix="_top3")
 
     return MultiLabelMetrics(
         mAP=float(100.0 * interp[keep].mean()),
         mAP_noninterp=float(100.0 * noninterp[keep].mean()),
-        OP=overall[0],
-        OR=overall[1],
-        OF1=overall[2],
-        CP=overall[3],
-        CR=overall[4],
-        CF1=overall[5],
-        OP_top3=top[0],
-        OR_top3=top[1],
-        OF1_top3=top[2],
-        CP_top3=top[3],
-        CR_top3=top[4],
-        CF1_top3=top[5],
+        **overall,
+        **top,
         per_class_AP={name: float(100.0 * interp[i]) for i, name in enumerate(names) if keep[i]},
         skipped_classes=skipped,
         top_k=int(top_k),

@@ -220,18 +220,24 @@ def _worker_cell(plan: CellPlan) -> dict[str, str]:
 def _prepare_caches(plans: Sequence[CellPlan], log: Callable[[str], None]) -> None:
     """Extract frozen-backbone features once, before parallel workers would race to write them."""
     from hst.feature_cache import extract_for_config
+    from hst.midlevel_cache import extract_fronts_for_config
 
     seen: set[str] = set()
     for plan in plans:
         for config in plan.configs:
-            if config.data.feature_cache != "auto" or config.model.trainable != "none":
+            if config.data.feature_cache != "auto":
                 continue
             d, m = config.data, config.model
-            key = repr((d.train, d.test, d.image_size, d.cache_dir, m.backbone, m.weights, m.channels_last))
+            key = repr((d.train, d.test, d.image_size, d.cache_dir, d.augment, m.backbone, m.weights, m.trainable))
             if key not in seen:
                 seen.add(key)
-                caches = extract_for_config(config, progress=False)
-                log(f"feature cache ready: {', '.join(c.key for c in caches)}")
+                caches = (
+                    extract_for_config(config, progress=False)
+                    if m.trainable == "none"
+                    else extract_fronts_for_config(config, progress=False)
+                )
+                if caches:
+                    log(f"feature cache ready: {', '.join(c.key for c in caches)}")
 
 
 class BenchmarkError(RuntimeError):

@@ -29,11 +29,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from hst.apps.inference import csv_text, resolve_threshold, run_network
+from hst.apps.inference import RunOptions, csv_text, load_module, resolve_threshold, run_network
 from hst.config import ConfigError
 from hst.data.base import DataError, MultiLabelData
 from hst.engine.module import PartialLabelModule
@@ -41,6 +42,9 @@ from hst.io import write_text_atomic
 from hst.labels import LABEL_DTYPE, NEGATIVE, POSITIVE, UNKNOWN
 from hst.methods.base import Evidence
 from hst.models.network import NetworkOutput
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # in typing from Python 3.11 only
 
 DEFAULT_LEVELS = (0.5, 0.7, 0.9, 0.95, 0.99)
 DEFAULT_MIN_CONFIDENCE = 0.9
@@ -262,8 +266,8 @@ def evidence_sources(module: PartialLabelModule) -> list[Evidence]:
     return module.method.evidence(set(module.method_keys_missing))
 
 
-def complete_module(
-    module: PartialLabelModule,
+def complete(
+    checkpoint: str | Path | PartialLabelModule,
     partial_labels: str | Path,
     out_csv: str | Path,
     data: str | MultiLabelData | None = None,
@@ -271,16 +275,21 @@ def complete_module(
     threshold: float | str = "auto",
     evidence: bool = True,
     levels: Sequence[float] = DEFAULT_LEVELS,
-    batch_size: int = 32,
-    on_error: str = "error",
-    image_size: int | None = None,
-    device: str = "cpu",
-    num_workers: int = 0,
-    progress: bool | None = None,
+    **run: Unpack[RunOptions],
 ) -> CompletionResult:
-    """Like :func:`complete`, with a module already loaded (see ``PartialLabelModule.from_checkpoint``)."""
+    """Fill the unknown entries of ``partial_labels`` with ``checkpoint`` and write ``out_csv``.
+
+    ``checkpoint``: a checkpoint file or a module already loaded (see ``PartialLabelModule.from_checkpoint``).
+    ``partial_labels``: a CSV manifest (as written by ``hst make-partial``) whose images are read from
+    the paths in it, or any data spec; with ``data`` (a data spec holding the images and their full
+    labels) the CSV's rows are matched to it and precision / recall are reported at ``levels``.
+    ``threshold``: ``"auto"`` (tuned per-class thresholds when the checkpoint has them, else 0.5),
+    ``"tuned"`` or a probability. ``evidence=False`` uses the classifier alone. ``run``: how the images are
+    read (:func:`run_network`). See the module docstring for the confidence rule and the output files.
+    """
     from hst.data.readers import write_csv_manifest
 
+    module = load_module(checkpoint)
     if not 0.0 <= min_confidence <= 1.0:
         raise ConfigError(f"min_confidence must be in [0, 1], got {min_confidence}")
     value, per_class = resolve_threshold(threshold, module)
@@ -300,9 +309,7 @@ def complete_module(
             out[source.name] = source.score(output, known[rows])
         return out
 
-    rows, collected, skipped = run_network(
-        module, images, outputs, batch_size, on_error, image_size, device, num_workers, progress
-    )
+    rows, collected, skipped = run_network(module, images, outputs, **run)
     shape = partial.shape
     read = np.zeros(shape[0], dtype=bool)
     read[rows] = True
@@ -382,48 +389,8 @@ def _written_cells(path: Path) -> list[str]:
         return [row[0] for row in list(csv.reader(handle))[1:] if row]
 
 
-def complete(
-    checkpoint: str | Path,
-    partial_labels: str | Path,
-    out_csv: str | Path,
-    data: str | None = None,
-    min_confidence: float = DEFAULT_MIN_CONFIDENCE,
-    threshold: float | str = "auto",
-    evidence: bool = True,
-    levels: Sequence[float] = DEFAULT_LEVELS,
-    batch_size: int = 32,
-    on_error: str = "error",
-    image_size: int | None = None,
-    device: str = "cpu",
-    num_workers: int = 0,
-    progress: bool | None = None,
-) -> CompletionResult:
-    """Fill the unknown entries of ``partial_labels`` with ``checkpoint`` and write ``out_csv``.
-
-    ``partial_labels``: a CSV manifest (as written by ``hst make-partial``) whose images are read from
-    the paths in it, or any data spec; with ``data`` (a data spec holding the images and their full
-    labels) the CSV's rows are matched to it and precision / recall are reported at ``levels``.
-    ``threshold``: ``"auto"`` (tuned per-class thresholds when the checkpoint has them, else 0.5),
-    ``"tuned"`` or a probability. ``evidence=False`` uses the classifier alone. See the module docstring
-    for the confidence rule and the output files.
-    """
-    module = PartialLabelModule.from_checkpoint(Path(checkpoint))
-    return complete_module(
-        module,
-        partial_labels,
-        out_csv,
-        data=data,
-        min_confidence=min_confidence,
-        threshold=threshold,
-        evidence=evidence,
-        levels=levels,
-        batch_size=batch_size,
-        on_error=on_error,
-        image_size=image_size,
-        device=device,
-        num_workers=num_workers,
-        progress=progress,
-    )
+# The name callers holding a loaded module have used; complete takes a module as well as a checkpoint.
+complete_module = complete
 
 
 __all__ = [

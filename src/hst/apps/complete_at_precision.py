@@ -47,6 +47,16 @@ class PrecisionCompletion:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     note: str = ""
     """Why the promise may not hold (empty when it should)."""
+    rows: list[int] | None = None
+    """The rows whose images were read and scored (None: every row)."""
+
+    @property
+    def score(self) -> np.ndarray:
+        """N×C: the score the rule applied (``round.evidence.joint``), NaN on rows that were not read."""
+        read = np.arange(len(self.partial)) if self.rows is None else np.asarray(self.rows, dtype=np.int64)
+        score = np.full(self.partial.shape, np.nan)
+        score[read] = self.round.evidence.joint
+        return score
 
     @property
     def filled(self) -> np.ndarray:
@@ -167,6 +177,7 @@ def complete_at_precision(
     progress: bool | None = None,
     image_size: int | None = None,
     cache_dir: str | Path | None = None,
+    num_workers: int = 0,
 ) -> PrecisionCompletion:
     """Fill the unknown entries of ``partial_labels`` at ``precision`` and write ``out_csv`` and its side files.
 
@@ -202,7 +213,7 @@ def complete_at_precision(
             on_error,
             image_size,
             device,
-            0,
+            num_workers,
             progress,
         )
         pooled = collected["pooled"]
@@ -228,10 +239,11 @@ def complete_at_precision(
     out = Path(out_csv)
     write_csv_manifest(images.with_labels(completed), out, image_column=cells)
     written = cells if cells is not None else list(images.image_ids)
-    score = np.full(partial.shape, np.nan)
-    score[read] = result.evidence.joint
-    _write_side_files(out, written, class_names, completed, fill, score, result)
-    return PrecisionCompletion(class_names, partial, completed, precision, result, out, truth, skipped, note)
+    completion = PrecisionCompletion(
+        class_names, partial, completed, precision, result, out, truth, skipped, note, rows=list(rows)
+    )
+    _write_side_files(out, written, class_names, completed, fill, completion.score, result)
+    return completion
 
 
 def _write_side_files(

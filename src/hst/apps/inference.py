@@ -11,17 +11,17 @@ import csv
 import io
 import sys
 from collections.abc import Callable, Sequence
+from contextlib import closing
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from hst.config import ConfigError
 from hst.data.base import DataError, MultiLabelData
-from hst.data.datasets import InferenceImages
-from hst.data.transforms import build_transform
 from hst.engine.module import DEFAULT_THRESHOLD, PartialLabelModule
+from hst.models.frozen_runtime import frozen_features
 from hst.models.network import NetworkOutput
 from hst.progress import progress_bar
 
@@ -38,6 +38,24 @@ THRESHOLD_HELP = (
 
 
 PredictInput = str | Path | Sequence[str | Path] | MultiLabelData
+
+
+class RunOptions(TypedDict, total=False):
+    """How :func:`run_network` reads the images: the keyword arguments a command passes on to it unchanged."""
+
+    batch_size: int
+    on_error: str
+    image_size: int | None
+    device: str
+    num_workers: int
+    progress: bool | None
+
+
+def load_module(model: str | Path | PartialLabelModule) -> PartialLabelModule:
+    """A loaded module as it is, or the module a checkpoint file holds."""
+    if isinstance(model, (str, Path)):
+        return PartialLabelModule.from_checkpoint(Path(model))
+    return model
 
 
 def csv_text(rows: list[list[str]]) -> str:
@@ -101,10 +119,6 @@ def resolve_inputs(inputs: PredictInput, class_names: list[str]) -> MultiLabelDa
     raise FileNotFoundError(f"input not found: {text} (expected an image file, a folder or a data spec)")
 
 
-def _collate(items: list[tuple[int, torch.Tensor | None, str]]) -> list[tuple[int, torch.Tensor | None, str]]:
-    return items
-
-
 def device_of(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -149,7 +163,9 @@ def run_network(
 ) -> tuple[list[int], dict[str, np.ndarray], list[tuple[str, str]]]:
     """Run the network over ``data`` on the evaluation transform; ``outputs`` picks what to keep per batch.
 
-    Returns (rows that were read, concatenated outputs in that row order, skipped (image, reason)).
+    The backbone runs through the fastest runtime at hand (:func:`hst.models.frozen_runtime.frozen_features`; its
+    exported graph is kept in the checkpoint's ``data.cache_dir``), the rest of the network in torch. Returns
+    (rows that were read, concatenated outputs in that row order, skipped (image, reason)).
     """
 
     if on_error not in ON_ERROR_CHOICES:
@@ -158,14 +174,8 @@ def run_network(
         raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
     network = module.network
     size = image_size or module.config.data.image_size
-    transform = build_transform(size, "none", network.backbone.mean, network.backbone.std)
-    loader = DataLoader(
-        # The limit the model was trained under (the default for older checkpoints) guards what it predicts on.
-        InferenceImages(data.with_max_pixels(module.config.data.max_image_pixels), transform, catch_errors=True),
-        batch_size=batch_size,
-        num_workers=num_workers,
-        collate_fn=_collate,
-    )
+    # The limit the model was trained under (the default for older checkpoints) guards what it predicts on.
+    limited = data.with_max_pixels(module.config.data.max_image_pixels)
     target = device_of(device)
     was_training = module.training
     # The whole module moves: method heads (IST) are used on the same device by callers of outputs().
@@ -175,23 +185,28 @@ def run_network(
     skipped: list[tuple[str, str]] = []
     show = sys.stderr.isatty() if progress is None else progress
     try:
-        with torch.inference_mode():
+        batches = frozen_features(
+            network.backbone,
+            limited,
+            size,
+            module.config.data.cache_dir,
+            batch_size,
+            num_workers,
+            network.channels_last,
+            catch_errors=True,
+        )
+        with torch.inference_mode(), closing(batches):
             with progress_bar(len(data), show, "predicting", transient=True, plain_lines=False) as advance:
-                for batch in loader:
-                    good = []
-                    for index, tensor, message in batch:
-                        if tensor is None:
-                            if on_error == "error":
-                                raise DataError(message)
-                            skipped.append((data.image_ids[index], message))
-                        else:
-                            good.append((index, tensor))
-                    if good:
-                        images = torch.stack([tensor for _, tensor in good]).to(target)
-                        batch_rows = [index for index, _ in good]
-                        for key, value in outputs(network(images), batch_rows).items():
+                for batch in batches:
+                    for index, message in batch.skipped:
+                        if on_error == "error":
+                            raise DataError(message)
+                        skipped.append((data.image_ids[index], message))
+                    if batch.features is not None:
+                        # the same as network(images): head(backbone map) is what its forward runs
+                        for key, value in outputs(network.head(batch.features), batch.rows).items():
                             chunks.setdefault(key, []).append(value.float().cpu().numpy())
-                        rows.extend(batch_rows)
+                        rows.extend(batch.rows)
                     advance(len(batch))
     finally:
         module.train(was_training)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -20,8 +21,10 @@ from hst.apps.inference import (
     IMAGE_SUFFIXES,
     THRESHOLD_HELP,
     PredictInput,
+    RunOptions,
     csv_text,
     find_images,
+    load_module,
     resolve_inputs,
     resolve_threshold,
     run_network,
@@ -30,6 +33,9 @@ from hst.config import ConfigError
 from hst.engine.module import PartialLabelModule
 from hst.io import write_text_atomic
 from hst.models.network import NetworkOutput
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # in typing from Python 3.11 only
 
 
 @dataclass
@@ -137,19 +143,21 @@ class Predictions:
         return lines
 
 
-def predict_module(
-    module: PartialLabelModule,
+def predict(
+    checkpoint: str | Path | PartialLabelModule,
     inputs: PredictInput,
-    batch_size: int = 32,
     threshold: float | str = 0.5,
     top_k: int | None = None,
-    on_error: str = "error",
-    image_size: int | None = None,
-    device: str = "cpu",
-    num_workers: int = 0,
-    progress: bool | None = None,
+    **run: Unpack[RunOptions],
 ) -> Predictions:
-    """Like :func:`predict`, with a module already loaded (see ``PartialLabelModule.from_checkpoint``)."""
+    """Probabilities of ``inputs`` (image file, folder, list of paths or data spec) under ``checkpoint``.
+
+    ``checkpoint``: a checkpoint file or a module already loaded (see ``PartialLabelModule.from_checkpoint``).
+    ``threshold`` (a probability, ``"tuned"`` or ``"auto"``, see :data:`THRESHOLD_HELP`) or ``top_k`` decides
+    the predicted labels; ``run`` is how the images are read (:func:`run_network`): ``on_error='skip'`` leaves
+    unreadable images out and lists them in ``Predictions.skipped``, ``device='auto'`` picks CUDA when present.
+    """
+    module = load_module(checkpoint)
     value, per_class = resolve_threshold(threshold, module)
     if top_k is not None and top_k < 1:
         raise ConfigError(f"top_k must be at least 1, got {top_k}")
@@ -159,9 +167,7 @@ def predict_module(
     def probabilities(output: NetworkOutput, rows: list[int]) -> dict[str, torch.Tensor]:
         return {"probabilities": torch.sigmoid(output.logits.float())}
 
-    rows, collected, skipped = run_network(
-        module, data, probabilities, batch_size, on_error, image_size, device, num_workers, progress
-    )
+    rows, collected, skipped = run_network(module, data, probabilities, **run)
     return Predictions(
         images=[data.image_ids[i] for i in rows],
         class_names=class_names,
@@ -173,37 +179,8 @@ def predict_module(
     )
 
 
-def predict(
-    checkpoint: str | Path,
-    inputs: PredictInput,
-    batch_size: int = 32,
-    threshold: float | str = 0.5,
-    top_k: int | None = None,
-    on_error: str = "error",
-    image_size: int | None = None,
-    device: str = "cpu",
-    num_workers: int = 0,
-    progress: bool | None = None,
-) -> Predictions:
-    """Probabilities of ``inputs`` (image file, folder, list of paths or data spec) under ``checkpoint``.
-
-    ``threshold`` (a probability, ``"tuned"`` or ``"auto"``, see :data:`THRESHOLD_HELP`) or ``top_k`` decides
-    the predicted labels; ``on_error='skip'`` leaves unreadable images out and lists them in
-    ``Predictions.skipped``. ``device='auto'`` picks CUDA when present.
-    """
-    module = PartialLabelModule.from_checkpoint(Path(checkpoint))
-    return predict_module(
-        module,
-        inputs,
-        batch_size=batch_size,
-        threshold=threshold,
-        top_k=top_k,
-        on_error=on_error,
-        image_size=image_size,
-        device=device,
-        num_workers=num_workers,
-        progress=progress,
-    )
+# The name callers holding a loaded module have used; predict takes a module as well as a checkpoint.
+predict_module = predict
 
 
 __all__ = [

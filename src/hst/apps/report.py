@@ -13,7 +13,7 @@ import html
 import json
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,30 +66,32 @@ class _Page:
 # ---- reading ---------------------------------------------------------------------------------------------------
 
 
-def _read_yaml(path: Path, notes: list[str]) -> dict[str, Any]:
+def _parse_file(path: Path, parse: Callable[[str], Any], errors: tuple[type[Exception], ...]) -> tuple[Any, str]:
+    """(what ``parse`` made of the file, ""), or (None, why not: "is missing" / "could not be read (Error)")."""
     if not path.is_file():
-        notes.append(f"{path.name} is missing: no config shown.")
-        return {}
+        return None, "is missing"
     try:
-        loaded = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, OSError, UnicodeDecodeError) as error:
-        notes.append(f"{path.name} could not be read ({error.__class__.__name__}): no config shown.")
-        return {}
-    if not isinstance(loaded, dict):
-        notes.append(f"{path.name} is not a mapping: no config shown.")
+        return parse(path.read_text()), ""
+    except (*errors, OSError, UnicodeDecodeError) as error:
+        return None, f"could not be read ({error.__class__.__name__})"
+
+
+def _read_yaml(path: Path, notes: list[str]) -> dict[str, Any]:
+    loaded, problem = _parse_file(path, yaml.safe_load, (yaml.YAMLError,))
+    if not problem and not isinstance(loaded, dict):
+        problem = "is not a mapping"
+    if problem:
+        notes.append(f"{path.name} {problem}: no config shown.")
         return {}
     return loaded
 
 
 def _read_json(path: Path, notes: list[str]) -> dict[str, Any]:
-    if not path.is_file():
+    loaded, problem = _parse_file(path, json.loads, (json.JSONDecodeError,))
+    if problem == "is missing":
         notes.append(f"{path.name} is missing: final metrics come from csv/metrics.csv where logged.")
-        return {}
-    try:
-        loaded = json.loads(path.read_text())
-    except (json.JSONDecodeError, OSError, UnicodeDecodeError) as error:
-        notes.append(f"{path.name} could not be read ({error.__class__.__name__}).")
-        return {}
+    elif problem:
+        notes.append(f"{path.name} {problem}.")
     return loaded if isinstance(loaded, dict) else {}
 
 

@@ -74,6 +74,15 @@ def save_figure(figure: Figure, path: Path) -> Path:
     return path
 
 
+def style_axis(axis: Any, xlabel: str, ylabel: str, title: str) -> None:
+    """Axis labels, title, a light grid and a small legend: the look of the report's single-panel figures."""
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel(ylabel)
+    axis.set_title(title)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+
+
 def loss_figure(log: MetricsLog, path: Path) -> str:
     """Training loss by step (per step and per-epoch mean), and the loss terms per epoch; '' when absent."""
     step_column = "train/loss_step" if log.has("train/loss_step") else "train/loss"
@@ -97,11 +106,7 @@ def loss_figure(log: MetricsLog, path: Path) -> str:
         axis.plot(steps, step_loss, lw=0.8, alpha=0.6, label="per step")
     if epoch_x.size:
         axis.plot(epoch_x, epoch_loss, marker="o", lw=1.8, label="epoch mean")
-    axis.set_xlabel(f"training {x}")
-    axis.set_ylabel("loss")
-    axis.set_title("Training loss")
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=8)
+    style_axis(axis, f"training {x}", "loss", "Training loss")
     if term_series:
         parts = figure.add_subplot(1, 2, 2)
         for column, (xs, ys) in term_series.items():
@@ -131,11 +136,7 @@ def map_figure(log: MetricsLog | None, test_map: float | None, path: Path) -> st
         assert test_map is not None
         axis.axhline(test_map, color="C3", ls="--", lw=1.2, label=f"test mAP {test_map:.2f}")
         caption.append(f"test mAP {test_map:.2f}")
-    axis.set_xlabel("epoch")
-    axis.set_ylabel("mAP (%)")
-    axis.set_title("mAP")
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=8)
+    style_axis(axis, "epoch", "mAP (%)", "mAP")
     save_figure(figure, path)
     text = "; ".join(caption)
     return text[:1].upper() + text[1:] + "."
@@ -177,11 +178,7 @@ def _epoch_curves(
         axis.plot(epochs, values, marker="o", label=label)
     if isinstance(pseudo_epoch, int):
         axis.axvline(pseudo_epoch, color="grey", ls=":", lw=1, label="pseudo labels start")
-    axis.set_xlabel("epoch")
-    axis.set_ylabel(ylabel)
-    axis.set_title(title)
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=8)
+    style_axis(axis, "epoch", ylabel, title)
     save_figure(figure, path)
     return curves
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hst.apps.report_figures import new_figure, save_figure
+from hst.apps.report_figures import new_figure, save_figure, style_axis
 from hst.io import atomic_write
 
 RESULTS_FILE = "results.csv"
@@ -138,10 +138,8 @@ def proportion_figure(table: dict[str, dict[float, np.ndarray]], path: Path, alw
         xs, means, lows, highs = (np.array(c) for c in zip(*points, strict=True))
         (line,) = axis.plot(xs, means, marker="o", label=method)
         axis.fill_between(xs, lows, highs, color=line.get_color(), alpha=0.15, lw=0)
-    axis.set_xlabel("known labels (%)")
-    axis.set_ylabel("test mAP (%)")
-    axis.set_title("Test mAP vs known-label proportion (mean over seeds, min–max shaded)")
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=8)
+    style_axis(
+        axis, "known labels (%)", "test mAP (%)", "Test mAP vs known-label proportion (mean over seeds, min–max shaded)"
+    )
     save_figure(figure, path)
     return f"{len(table)} method(s); line = mean over seeds, band = min–max over seeds."

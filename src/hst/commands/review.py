@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from hst.commands import CHECKPOINT_HELP, add_evidence_argument, add_inference_arguments
+from hst.commands import CHECKPOINT_HELP, add_evidence_argument, add_inference_arguments, print_lines
 
 HELP = (
     "serve a local page (127.0.0.1) where a person accepts or rejects the labels a "
@@ -35,6 +35,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "has them, else 0.5), tuned, or a probability",
     )
     add_evidence_argument(parser)
+    parser.add_argument(
+        "--precision",
+        type=float,
+        default=None,
+        help="suggest what hst complete --precision P fills (the cross-fitted rule, calibrated per class on the "
+        "input's known labels, never on this review's decisions); the page states the promise per class, and "
+        "entries the rule leaves unknown come last with no suggestion (replaces --threshold and --no-evidence)",
+    )
+    parser.add_argument(
+        "--calibrate-on",
+        dest="calibrate_on",
+        default=None,
+        help="with --precision, when the input was itself reviewed: the file as it was before that review; only "
+        "its (randomly chosen) known labels calibrate the rule",
+    )
+    parser.add_argument(
+        "--positives-only",
+        dest="positives_only",
+        action="store_true",
+        help="with --precision: suggest positives only",
+    )
     # Unreadable images are always skipped here: a review page can go on without them.
     add_inference_arguments(parser, on_error=False)
 
@@ -43,10 +64,13 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from hst.review.app import serve
-    from hst.review.session import open_review
+    from hst.review.suggest import open_review, promise_lines
 
     if not 0 <= args.port <= 65535:
         print(f"error: --port must be in 0..65535, got {args.port}", file=sys.stderr)
+        return 2
+    if args.precision is None and (args.calibrate_on is not None or args.positives_only):
+        print("error: --calibrate-on and --positives-only go with --precision", file=sys.stderr)
         return 2
     session = open_review(
         Path(args.checkpoint),
@@ -54,15 +78,22 @@ def run(args: argparse.Namespace) -> int:
         Path(args.out),
         threshold=args.threshold,
         evidence=not args.no_evidence,
+        precision=args.precision,
+        calibrate_on=args.calibrate_on,
+        negatives=not args.positives_only,
         batch_size=args.batch_size,
         on_error="skip",
         device=args.device,
     )
     progress = session.progress()
-    print(
-        f"{progress['total']} suggestions on {len(session.cells)} images (evidence: {' + '.join(session.evidence)}), "
-        f"{progress['decided']} already decided"
-    )
+    if session.promise is None:
+        found = f"{progress['total']} suggestions on {len(session.cells)} images"
+    else:
+        suggested = progress["total"] - session.promise["unsuggested"]
+        found = f"{progress['total']} unknown entries on {len(session.cells)} images, {suggested} with a suggestion"
+    print(f"{found} (evidence: {' + '.join(session.evidence)}), {progress['decided']} already decided")
+    if session.promise is not None:
+        print_lines(promise_lines(session.promise))
     for reason in session.ignored:
         print(f"warning: decision log line not applied: {reason}", file=sys.stderr)
     if session.skipped:

@@ -38,7 +38,9 @@ class DataConfig:
     eval_batch_size: int = 64
     num_workers: int = 0
     feature_cache: str = "auto"
-    """'auto': with a frozen backbone (model.trainable=none) train from cached backbone features; 'off'."""
+    """'auto': cache what the frozen part of the backbone computes, once, and train from it: the final feature maps
+    when model.trainable=none, the frozen front's maps when only the last stage trains (augment 'flip' or 'none');
+    'off': every step runs the backbone on the images."""
     cache_dir: str = ".hst_cache"
     unreadable_images: str = "error"
     """'error' stops at an unreadable image; 'skip' drops it (counted and reported)."""
@@ -174,6 +176,8 @@ class OptimConfig:
     gamma: float = 0.1
     decay_biases: bool = False
     """Apply weight decay to biases and normalisation parameters too (published: True)."""
+    backbone_lr_scale: float = 1.0
+    """The trainable backbone layers learn at ``lr × backbone_lr_scale`` (pretrained layers usually want less)."""
 
 
 @dataclass

@@ -27,26 +27,23 @@ def entry_mask(shape: tuple[int, int], proportion: float, seed: int) -> np.ndarr
     return np.random.random(shape) < proportion
 
 
+def _same_count_mask(shape: tuple[int, int], proportion: float, seed: int, axis: int) -> np.ndarray:
+    """Every line along ``axis`` (1: an image's row, 0: a class's column) keeps round(P·length), chosen uniformly."""
+    keep = round(proportion * shape[axis])
+    order = np.argsort(np.random.default_rng(seed).random(shape), axis=axis)
+    mask = np.zeros(shape, dtype=bool)
+    np.put_along_axis(mask, np.take(order, np.arange(keep), axis=axis), True, axis=axis)
+    return mask
+
+
 def image_count_mask(shape: tuple[int, int], proportion: float, seed: int) -> np.ndarray:
     """Every image keeps the same number round(P·C) of known labels, chosen uniformly."""
-    n, c = shape
-    keep = round(proportion * c)
-    rng = np.random.default_rng(seed)
-    order = np.argsort(rng.random((n, c)), axis=1)
-    mask = np.zeros(shape, dtype=bool)
-    np.put_along_axis(mask, order[:, :keep], True, axis=1)
-    return mask
+    return _same_count_mask(shape, proportion, seed, axis=1)
 
 
 def class_mask(shape: tuple[int, int], proportion: float, seed: int) -> np.ndarray:
     """Every class keeps round(P·N) of its entries, chosen uniformly."""
-    n, c = shape
-    keep = round(proportion * n)
-    rng = np.random.default_rng(seed)
-    order = np.argsort(rng.random((n, c)), axis=0)
-    mask = np.zeros(shape, dtype=bool)
-    np.put_along_axis(mask, order[:keep, :], True, axis=0)
-    return mask
+    return _same_count_mask(shape, proportion, seed, axis=0)
 
 
 def single_positive_mask(labels: np.ndarray, seed: int) -> np.ndarray:

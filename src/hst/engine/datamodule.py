@@ -14,6 +14,7 @@ from hst.data.datasets import ImageLabelDataset
 from hst.data.splits import SKIP_HINT, Splits
 from hst.data.transforms import build_transform
 from hst.feature_cache import CachedFeatureDataset, FeatureCache
+from hst.midlevel_cache import FrontCache, FrontFeatureDataset
 
 
 def last_batch_size(num_images: int, batch_size: int, world_size: int = 1) -> int:
@@ -24,7 +25,8 @@ def last_batch_size(num_images: int, batch_size: int, world_size: int = 1) -> in
 
 
 class PartialLabelDataModule(L.LightningDataModule):
-    """Loaders of images, or of cached backbone features when ``caches`` (source, test) are given."""
+    """Loaders of images, or of cached backbone features when ``caches`` (source, test) are given: final feature
+    maps (frozen backbone) or the frozen front's maps (:mod:`hst.midlevel_cache`)."""
 
     def __init__(
         self,
@@ -33,7 +35,7 @@ class PartialLabelDataModule(L.LightningDataModule):
         mean: tuple[float, ...],
         std: tuple[float, ...],
         seed: int = 0,
-        caches: tuple[FeatureCache, FeatureCache] | None = None,
+        caches: tuple[FeatureCache, FeatureCache] | tuple[FrontCache, FrontCache] | None = None,
         pooled: bool = False,
     ):
         super().__init__()
@@ -66,6 +68,9 @@ class PartialLabelDataModule(L.LightningDataModule):
             return ImageLabelDataset(data, labels, eval_labels, transform, hint=hint)
         cache = self.caches[1] if part == "test" else self.caches[0]
         rows = {"train": s.train_rows, "val": s.val_rows, "test": s.test_rows}[part]
+        if isinstance(cache, FrontCache):
+            flip = augment and self.config.augment == "flip"
+            return FrontFeatureDataset(cache, labels, eval_labels, rows=rows, flip=flip)
         return CachedFeatureDataset(cache, labels, eval_labels, rows=rows, pooled=self.pooled)
 
     def train_dataloader(self) -> DataLoader:

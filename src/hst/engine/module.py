@@ -22,6 +22,17 @@ from hst.models.network import NetworkOutput, PartialLabelNetwork, build_network
 DEFAULT_THRESHOLD = 0.5
 
 
+def _parameter_groups(params: list[torch.nn.Parameter], lr: float, optim: Any) -> list[dict[str, Any]]:
+    """Adam groups at ``lr``: decayed weights, then 1-D parameters (biases, norms) undecayed unless asked, since
+    decay would pull the class biases away from the class prior they start at."""
+    decayed = [p for p in params if optim.decay_biases or p.ndim > 1]
+    undecayed = [p for p in params if not optim.decay_biases and p.ndim <= 1]
+    groups: list[dict[str, Any]] = [{"params": decayed, "lr": lr, "weight_decay": optim.weight_decay}]
+    if undecayed:
+        groups.append({"params": undecayed, "lr": lr, "weight_decay": 0.0})
+    return groups
+
+
 class PartialLabelModule(L.LightningModule):
     """A network and a method trained together: the method turns the network's output and the partial labels into
     the loss (:class:`~hst.methods.base.Method`); validation and test are scored with :func:`hst.metrics.evaluate`.
@@ -66,7 +77,12 @@ class PartialLabelModule(L.LightningModule):
     features_pooled: bool = False
     """True when the cached maps are already 2×2 average-pooled."""
 
+    front_cached: bool = False
+    """True when batches hold the cached output of the backbone's frozen front (the rest still trains)."""
+
     def _network(self, inputs: torch.Tensor) -> NetworkOutput:
+        if self.front_cached:
+            return self.network.from_front(inputs)
         if self.features_cached:
             return self.network.head(inputs, pooled=self.features_pooled)
         return self.network(inputs)
@@ -254,19 +270,21 @@ class PartialLabelModule(L.LightningModule):
         thresholds = self.method.threshold_parameters()
         threshold_ids = {id(p) for p in thresholds}
         trainable = [p for p in self.parameters() if p.requires_grad and id(p) not in threshold_ids]
-        # Biases and normalisation parameters (1-D) are not decayed unless asked: decay would pull the class
-        # biases away from the class prior they start at.
-        main = [p for p in trainable if optim.decay_biases or p.ndim > 1]
-        groups: list[dict[str, Any]] = [{"params": main, "lr": optim.lr, "weight_decay": optim.weight_decay}]
-        undecayed = [p for p in trainable if not optim.decay_biases and p.ndim <= 1]
-        if undecayed:
-            groups.append({"params": undecayed, "lr": optim.lr, "weight_decay": 0.0})
+        if optim.backbone_lr_scale == 1.0:
+            groups = _parameter_groups(trainable, optim.lr, optim)  # the grouping older checkpoints resume into
+        else:
+            backbone_ids = {id(p) for p in self.network.backbone.parameters()}
+            head = [p for p in trainable if id(p) not in backbone_ids]
+            backbone = [p for p in trainable if id(p) in backbone_ids]
+            groups = _parameter_groups(head, optim.lr, optim)
+            if backbone:
+                groups += _parameter_groups(backbone, optim.lr * optim.backbone_lr_scale, optim)
         if thresholds:
             if self.config.method.threshold_param_group:
                 m = self.config.method
                 groups.append({"params": thresholds, "lr": m.threshold_lr, "weight_decay": m.threshold_weight_decay})
             else:
-                groups[0]["params"] = main + thresholds
+                groups[0]["params"] = groups[0]["params"] + thresholds
         optimizer = torch.optim.Adam(groups)
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=optim.step_size, gamma=optim.gamma)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}

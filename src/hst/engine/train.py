@@ -41,6 +41,7 @@ from hst.engine.trainer import (
 from hst.feature_cache import FeatureCache, extract_split_features
 from hst.io import folder_lock, write_text_atomic
 from hst.methods import apply_model_preset
+from hst.midlevel_cache import FrontCache, cacheable_augment, extract_split_fronts
 
 log = logging.getLogger(__name__)
 
@@ -74,19 +75,38 @@ class _KillAtStep(L.Callback):
 
 def _feature_caches(
     config: TrainConfig, splits: Splits, module: PartialLabelModule
-) -> tuple[FeatureCache, FeatureCache] | None:
-    """Extract (or reuse) backbone features when the backbone is frozen; None when images are needed."""
-    mode = config.data.feature_cache
+) -> tuple[FeatureCache, FeatureCache] | tuple[FrontCache, FrontCache] | None:
+    """Extract (or reuse) what the frozen part of the backbone computes: its final maps when all of it is frozen,
+    the maps of its frozen front when only the rest trains; None when images are needed."""
+    # YAML reads a bare `off` as false, which the string field then holds as 'False'
+    mode = "off" if config.data.feature_cache in {"False", "false"} else config.data.feature_cache
     if mode not in {"auto", "off"}:
         raise ValueError(f"data.feature_cache must be 'auto' or 'off', got {mode!r}")
-    if mode == "off" or config.model.trainable != "none":
+    if mode == "off":
         return None
     assert splits.source is not None and splits.test_source is not None
+    backbone = module.network.backbone
+    if config.model.trainable != "none":
+        if backbone.split is None:
+            return None
+        if not cacheable_augment(config.data.augment):
+            log.warning(
+                "data.augment=%s cannot be applied after the backbone's frozen front: every step runs the whole "
+                "backbone (data.augment=flip trains from cached front maps, several times faster)",
+                config.data.augment,
+            )
+            return None
+        with torch.random.fork_rng():
+            fronts = extract_split_fronts(
+                backbone, splits, config.data, config.model.channels_last, config.trainer.progress_bar
+            )
+        module.front_cached = True
+        return fronts
     # Iterating a DataLoader draws from the global generator: a run that builds the cache must train like one that
     # reuses it.
     with torch.random.fork_rng():
         caches = extract_split_features(
-            module.network.backbone, splits, config.data, config.model.channels_last, config.trainer.progress_bar
+            backbone, splits, config.data, config.model.channels_last, config.trainer.progress_bar
         )
     module.features_cached = True
     # Heads that pool 2×2 first (or average globally) read the pooled maps from memory: 4× less data per epoch.
@@ -188,7 +208,9 @@ def _train_in(
     module.method.calibration_labels = splits.train_calibration
     backbone = module.network.backbone
     caches = _feature_caches(config, splits, module)
-    if caches is not None:
+    if module.front_cached:
+        summary.append(f"backbone front frozen: training its rest from cached front maps in {config.data.cache_dir}")
+    elif caches is not None:
         summary.append(f"frozen backbone: training from cached features in {config.data.cache_dir}")
     datamodule = ResumableData(
         splits,

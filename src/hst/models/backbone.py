@@ -16,6 +16,8 @@ import timm
 import torch
 from torch import nn
 
+from hst.models.backbone_split import BackboneSplit, find_split, run_modules
+
 WEIGHT_CHOICES = ("offline", "imagenet", "none")
 TRAINABLE_CHOICES = ("last_stage", "all", "none")
 WEIGHT_FILE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors")
@@ -109,6 +111,28 @@ class Backbone(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model.forward_features(images)
+
+    @property
+    def split(self) -> BackboneSplit | None:
+        """Where the frozen front ends and the trainable rest begins (``None``: no exact split, see
+        :mod:`hst.models.backbone_split`); found once, on first use."""
+        if not hasattr(self, "_split"):
+            self._split = find_split(self.model, self.trainable_prefixes)
+        return self._split
+
+    def _require_split(self) -> BackboneSplit:
+        split = self.split
+        if split is None:
+            raise BackboneError(f"{self.name} with trainable={self.trainable!r} has no frozen front to run apart")
+        return split
+
+    def forward_front(self, images: torch.Tensor) -> torch.Tensor:
+        """The frozen front: what a mid-level cache stores."""
+        return run_modules(self.model, self._require_split().front, images)
+
+    def forward_rest(self, front_features: torch.Tensor) -> torch.Tensor:
+        """The trainable rest from the front's output: ``forward_rest(forward_front(x)) == forward(x)``."""
+        return run_modules(self.model, self._require_split().rest, front_features)
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, weights={self.weights_description!r}, trainable={self.trainable!r}"

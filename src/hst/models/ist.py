@@ -7,20 +7,31 @@ The fast exact form used here never builds the ``B×P×1024`` pair activations o
 ``fc2`` on a concatenation splits into per-class terms ``α_i = W_a g_i + b2`` and ``β_j = W_b g_j``,
 and ``fc3`` followed by the per-pair dot folds into ``ŵ_ij = W3ᵀ w_ij``, ``ĉ_ij = w_ij · b3 + c_ij``:
 ``m_ij = Σ_k ReLU(α_ik + β_jk) ŵ_ijk + ĉ_ij``. The sum runs over blocks of class rows under a memory
-budget, and the backward pass recomputes each block instead of storing it.
+budget, and the backward pass recomputes each block instead of storing it (:mod:`hst.models.ist_kernel`).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.autograd.function import FunctionCtx, once_differentiable
 
+from hst.models.ist_kernel import KERNELS, compiled_kernel, pair_logits, row_blocks
 from hst.models.sarl import ElementWiseLinear
+
+__all__ = [
+    "KERNELS",
+    "ISTHead",
+    "compiled_kernel",
+    "cooccurrence_matrix",
+    "intra_scores",
+    "intra_scores_leave_one_out",
+    "num_classes_from_pairs",
+    "pair_index",
+    "row_blocks",
+]
 
 
 def pair_index(num_classes: int, device: torch.device | str | None = None) -> tuple[Tensor, Tensor]:
@@ -37,142 +48,6 @@ def num_classes_from_pairs(num_pairs: int) -> int:
     return num
 
 
-def row_blocks(num_classes: int, elements_per_pair: int, budget: int) -> list[tuple[int, int]]:
-    """Split class rows into blocks ``[r0, r1)`` whose pair block ``(r1−r0)×(C−r0−1)`` fits ``budget``.
-
-    A block pairs rows ``r0..r1−1`` with columns ``r0+1..C−1``; at least one row per block.
-    """
-    blocks: list[tuple[int, int]] = []
-    r0 = 0
-    while r0 < num_classes - 1:
-        cols = num_classes - r0 - 1
-        rows = max(1, min(num_classes - 1 - r0, budget // max(1, cols * elements_per_pair)))
-        blocks.append((r0, r0 + rows))
-        r0 += rows
-    return blocks
-
-
-class _PairReluDot(torch.autograd.Function):
-    """``M[i, j, b] = Σ_k ReLU(α[i, b, k] + β[j, b, k]) · W[i, j, k]`` for ``j > r0`` of each row block.
-
-    Inputs ``α, β``: ``C×B×K``; ``W``: ``C×C×K`` (zero where ``j ≤ i``); output ``C×C×B``. Entries with
-    ``j ≤ i`` are zero or meaningless and are discarded by the caller. One scratch buffer of the largest
-    block is reused across blocks (fresh large allocations are slow on CPU).
-    """
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: FunctionCtx,
-        alpha: Tensor,
-        beta: Tensor,
-        weight: Tensor,
-        blocks: list[tuple[int, int]],
-        kernel: str = "eager",
-    ) -> Tensor:
-        num, batch, dim = alpha.shape
-        out = alpha.new_zeros(num, num, batch)
-        ctx.save_for_backward(alpha, beta, weight)
-        ctx.blocks = blocks  # type: ignore[attr-defined]
-        ctx.kernel = kernel  # type: ignore[attr-defined]
-        if kernel == "compiled":
-            forward_block = compiled_kernel("forward")
-            for r0, r1 in blocks:
-                out[r0:r1, r0 + 1 :] = forward_block(alpha[r0:r1], beta[r0 + 1 :], weight[r0:r1, r0 + 1 :])
-            return out
-        scratch = alpha.new_empty(_largest_block(num, blocks) * batch * dim)
-        for r0, r1 in blocks:
-            rows, cols = r1 - r0, num - r0 - 1
-            hidden = scratch[: rows * cols * batch * dim].view(rows, cols, batch, dim)
-            torch.add(alpha[r0:r1, None], beta[None, r0 + 1 :], out=hidden)
-            hidden.relu_()
-            w_blk = weight[r0:r1, r0 + 1 :].reshape(rows * cols, dim, 1)
-            out[r0:r1, r0 + 1 :] = torch.bmm(hidden.view(rows * cols, batch, dim), w_blk).view(rows, cols, batch)
-        return out
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None, None, None]:
-        alpha, beta, weight = ctx.saved_tensors
-        num, batch, dim = alpha.shape
-        if ctx.kernel == "compiled":
-            return (*_compiled_backward(alpha, beta, weight, grad_out, ctx.blocks), None, None)
-        need_a, need_b, need_w = ctx.needs_input_grad[:3]
-        grad_a = torch.zeros_like(alpha) if need_a else None
-        grad_b = torch.zeros_like(beta) if need_b else None
-        grad_w = torch.zeros_like(weight) if need_w else None
-        scratch = alpha.new_empty(_largest_block(num, ctx.blocks) * batch * dim)
-        for r0, r1 in ctx.blocks:
-            rows, cols = r1 - r0, num - r0 - 1
-            hidden = scratch[: rows * cols * batch * dim].view(rows, cols, batch, dim)
-            torch.add(alpha[r0:r1, None], beta[None, r0 + 1 :], out=hidden)
-            hidden.relu_()
-            g_blk = grad_out[r0:r1, r0 + 1 :].reshape(rows, cols, batch, 1)
-            if grad_w is not None:
-                gw = torch.bmm(hidden.view(rows * cols, batch, dim).transpose(1, 2), g_blk.reshape(-1, batch, 1))
-                grad_w[r0:r1, r0 + 1 :] = gw.view(rows, cols, dim)
-            if grad_a is None and grad_b is None:
-                continue
-            # the ReLU derivative (1 where the output is positive, 0 elsewhere) overwrites the buffer in place
-            grad_h = hidden.sign_().mul_(g_blk).mul_(weight[r0:r1, r0 + 1 :].unsqueeze(2))
-            if grad_a is not None:
-                grad_a[r0:r1] += grad_h.sum(1)
-            if grad_b is not None:
-                grad_b[r0 + 1 :] += grad_h.sum(0)
-        return grad_a, grad_b, grad_w, None, None
-
-
-def pair_block_forward(alpha: Tensor, beta: Tensor, weight: Tensor) -> Tensor:
-    """One row block, plainly: ``out[i, j, b] = Σ_k ReLU(α[i, b, k] + β[j, b, k]) · W[i, j, k]``."""
-    return (torch.relu(alpha[:, None] + beta[None]) * weight[:, :, None, :]).sum(-1)
-
-
-def pair_block_backward(alpha: Tensor, beta: Tensor, weight: Tensor, grad: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Gradients of :func:`pair_block_forward` for an upstream ``grad`` (rows×cols×B): (dα, dβ, dW)."""
-    hidden = alpha[:, None] + beta[None]
-    grad_w = (torch.relu(hidden) * grad[..., None]).sum(2)
-    grad_h = torch.where(hidden > 0, grad[..., None] * weight[:, :, None, :], 0.0)
-    return grad_h.sum(1), grad_h.sum(0), grad_w
-
-
-_COMPILED: dict[str, Any] = {}
-
-
-def compiled_kernel(which: str) -> Any:
-    """``torch.compile`` of the block forward or backward (fused loops: no rows×cols×B×K intermediate).
-
-    Compiled once per process with dynamic shapes (blocks differ in size); needs a working C++ compiler
-    on CPU (Inductor). Raises RuntimeError naming the cause when compilation is not possible.
-    """
-    if which not in _COMPILED:
-        function = {"forward": pair_block_forward, "backward": pair_block_backward}[which]
-        _COMPILED[which] = torch.compile(function, dynamic=True)
-    return _COMPILED[which]
-
-
-def _compiled_backward(
-    alpha: Tensor, beta: Tensor, weight: Tensor, grad_out: Tensor, blocks: list[tuple[int, int]]
-) -> tuple[Tensor, Tensor, Tensor]:
-    num = alpha.shape[0]
-    grad_a, grad_b, grad_w = torch.zeros_like(alpha), torch.zeros_like(beta), torch.zeros_like(weight)
-    backward_block = compiled_kernel("backward")
-    for r0, r1 in blocks:
-        d_a, d_b, d_w = backward_block(
-            alpha[r0:r1], beta[r0 + 1 :], weight[r0:r1, r0 + 1 :], grad_out[r0:r1, r0 + 1 : num].contiguous()
-        )
-        grad_a[r0:r1] += d_a
-        grad_b[r0 + 1 :] += d_b
-        grad_w[r0:r1, r0 + 1 :] = d_w
-    return grad_a, grad_b, grad_w
-
-
-def _largest_block(num_classes: int, blocks: list[tuple[int, int]]) -> int:
-    """Number of pairs in the largest row block."""
-    return max((r1 - r0) * (num_classes - r0 - 1) for r0, r1 in blocks)
-
-
-KERNELS = ("eager", "compiled")
-
-
 class ISTHead(nn.Module):
     """Pair co-occurrence logits ``B×P`` from pre-GNN semantic features ``B×C×D``.
 
@@ -180,7 +55,8 @@ class ISTHead(nn.Module):
     (``D→hidden``), ``intra_fc_2`` → ``fc2`` (``2·hidden→output``), ``intra_fc_3`` → ``fc3``
     (``output→output``), ``intra_classifiers`` → ``pair_classifier`` (weight ``P×output``, bias ``P``).
     ``chunk_elements`` bounds the one scratch block (``pairs × B × output`` elements) that the forward
-    and the recomputing backward pass each hold; nothing of that size is kept between them.
+    and the recomputing backward pass each hold; nothing of that size is kept between them (only the folded
+    per-pair weights, ``P × output``, are).
     ``kernel="compiled"`` runs each block through a ``torch.compile``-fused loop (the same formula;
     faster on CPU after a one-off compilation of some tens of seconds).
     """
@@ -208,27 +84,20 @@ class ISTHead(nn.Module):
         self.fc2 = nn.Linear(2 * hidden_dim, output_dim)
         self.fc3 = nn.Linear(output_dim, output_dim)
         self.pair_classifier = ElementWiseLinear(self.num_pairs, output_dim)
-        first, second = pair_index(num_classes)
-        self.register_buffer("pair_first", first, persistent=False)
-        self.register_buffer("pair_second", second, persistent=False)
 
     def forward(self, semantic: Tensor) -> Tensor:
         """Map ``B×C×D`` semantic features to ``B×P`` pair logits."""
-        num, batch = self.num_classes, semantic.shape[0]
+        num = self.num_classes
         if semantic.ndim != 3 or semantic.shape[1] != num:
             raise ValueError(f"expected B×{num}×D semantic features, got shape {tuple(semantic.shape)}")
         g = self.fc1(semantic.transpose(0, 1))  # C×B×hidden
         w_a, w_b = self.fc2.weight[:, : self.hidden_dim], self.fc2.weight[:, self.hidden_dim :]
         alpha = F.linear(g, w_a, self.fc2.bias)  # C×B×K
         beta = F.linear(g, w_b)
-        pair_w = self.pair_classifier.weight
-        w_hat = pair_w @ self.fc3.weight  # P×K, equals W3ᵀ w_ij per row
-        c_hat = pair_w @ self.fc3.bias + self.pair_classifier.bias  # P
-        first, second = self.pair_first, self.pair_second
-        w_full = w_hat.new_zeros(num, num, w_hat.shape[1]).index_put((first, second), w_hat)
-        blocks = row_blocks(num, batch * w_hat.shape[1], self.chunk_elements)
-        full = _PairReluDot.apply(alpha, beta, w_full, blocks, self.kernel)  # C×C×B
-        return full[first, second].t() + c_hat
+        pairs = pair_logits(
+            alpha, beta, self.pair_classifier.weight, self.fc3.weight, self.fc3.bias, self.chunk_elements, self.kernel
+        )
+        return pairs + self.pair_classifier.bias
 
 
 def cooccurrence_matrix(pair_logits: Tensor) -> Tensor:

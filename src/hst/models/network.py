@@ -116,6 +116,12 @@ class PartialLabelNetwork(nn.Module):
     def forward(self, images: torch.Tensor) -> NetworkOutput:
         return self.head(self.feature_map(images))
 
+    def from_front(self, front_maps: torch.Tensor) -> NetworkOutput:
+        """The network from the output of the backbone's frozen front (training from a front cache)."""
+        if self.channels_last:
+            front_maps = front_maps.contiguous(memory_format=torch.channels_last)
+        return self.head(self.backbone.forward_rest(front_maps))
+
 
 def build_network(
     config: ModelConfig,

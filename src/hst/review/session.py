@@ -1,19 +1,24 @@
 """The state of one review: suggestions from ``hst complete``'s rule, the person's decisions, and their files.
 
-Suggestions: every unknown entry (image, class) of a readable image, with the checkpoint's decision (±1), its
-confidence and its evidence (classifier probability and threshold, IST and CST scores and votes), computed by
-:func:`hst.apps.complete.complete_module` at ``min_confidence=0.5`` so every unknown entry gets one.
+Suggestions: every unknown entry (image, class) of a readable image, from one of ``hst complete``'s rules
+(:mod:`hst.review.suggest`): the checkpoint's confidence rule, or with ``--precision P`` the calibrated rule, which
+leaves some entries with no suggestion (value 0).
 
 Order (most informative first): an entry's *doubt* is ``1 − confidence`` in [0, 0.5], the chance that the
-suggestion is wrong under the confidence rule. Reviewing an entry the model is sure of mostly confirms what
-``hst complete`` would fill anyway; reviewing a doubtful one corrects an error with probability ``doubt``, so
-ordering by doubt gives the most corrections (and the most information: the entropy of a ±1 label grows with
-its doubt) per click. Images come in the order of their most doubtful suggestion, and within an image its
-suggestions by doubt; ties put suggested positives first (they are rarer and matter more for training), then
-row and class order.
+suggestion is wrong (the confidence rule's confidence; at ``--precision``, the precision its class's threshold
+measured on the known entries). Reviewing an entry the model is sure of mostly confirms what ``hst complete``
+would fill anyway; reviewing a doubtful one corrects an error with probability ``doubt``, so ordering by doubt
+gives the most corrections (and the most information: the entropy of a ±1 label grows with its doubt) per click.
+Equal doubts go by the suggestion's ``rank`` (at ``--precision``: nearest its threshold first), then suggested
+positives first (they are rarer and matter more for training), then row and class order. An entry with no
+suggestion ranks after every suggestion: the suggestions are the labels ``hst complete --precision P`` would
+write, so checking them first catches the promise's errors before they train, while the rest stay unknown unless
+a person labels them. Images come in the order of their first entry (so images with no suggestion come last),
+and within an image its entries in that order.
 
 Decisions: ``accept`` writes the suggested value, ``reject`` the opposite one, ``unknown`` leaves the entry
-unknown (0) but marks it reviewed. Every decision (and every ``undo``, which reverts the latest decision not yet
+unknown (0) but marks it reviewed. An entry with no suggestion asks "present?": ``accept`` writes present (+1),
+``reject`` absent (−1). Every decision (and every ``undo``, which reverts the latest decision not yet
 undone) is appended to the decision log (``OUT.decisions.jsonl``, one JSON object a line, fsynced) and the
 reviewed manifest ``OUT`` is rewritten atomically (a uniquely named temporary file in the same folder, fsync,
 rename). The log is the record: opening a review whose log exists replays it, so a killed server or a closed
@@ -25,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -36,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from hst.config import ConfigError
-from hst.data.base import DataError, MultiLabelData
+from hst.data.base import MultiLabelData
 from hst.labels import LABEL_DTYPE, NEGATIVE, POSITIVE, UNKNOWN
 
 ACTIONS = ("accept", "reject", "unknown")
@@ -55,14 +59,19 @@ class Suggestion:
     image: int
     label: int
     value: int
-    """The suggested label, +1 or −1."""
+    """The suggested label, +1 or −1; 0: no suggestion (the calibrated rule fills nothing here)."""
     confidence: float
-    probability: float
-    threshold: float
+    probability: float | None
+    """The classifier's probability and threshold (None at ``--precision``, whose rule does not use them)."""
+    threshold: float | None
     ist: float | None = None
     ist_vote: bool | None = None
     cst: float | None = None
     cst_vote: bool | None = None
+    score: float | None = None
+    """The calibrated rule's score (``--precision`` only)."""
+    rank: float = 0.0
+    """Among equal doubts, lower comes first."""
 
     @property
     def doubt(self) -> float:
@@ -70,41 +79,56 @@ class Suggestion:
 
     def row(self) -> list[Any]:
         """Compact JSON form: the page receives thousands of these."""
+
+        def number(x: float | None) -> float | None:
+            return None if x is None else round(x, 4)
+
         return [
             self.image,
             self.label,
             self.value,
             round(self.confidence, 4),
-            round(self.probability, 4),
-            round(self.threshold, 4),
-            None if self.ist is None else round(self.ist, 4),
+            number(self.probability),
+            number(self.threshold),
+            number(self.ist),
             self.ist_vote,
-            None if self.cst is None else round(self.cst, 4),
+            number(self.cst),
             self.cst_vote,
+            number(self.score),
         ]
 
 
-def order(suggestions: Sequence[Suggestion]) -> list[int]:
-    """Indices of ``suggestions`` in review order (see the module docstring)."""
+def entry_ranks(suggestions: Sequence[Suggestion]) -> list[int]:
+    """Per suggestion, its place when entries are ranked one by one (no grouping by image); the page groups its
+    filtered entries by image with these, so it orders them as :func:`order` does."""
 
-    def entry_key(k: int) -> tuple[int, bool, int, int]:
+    def entry_key(k: int) -> tuple[bool, int, float, bool, int, int]:
         s = suggestions[k]
-        # doubt in units of 1e-4 from the confidence the page receives (4 decimals): the page sorts identically
-        return (-round(1e4 * (1 - round(s.confidence, 4))), s.value != POSITIVE, s.image, s.label)
+        # doubt in units of 1e-4 from the confidence the page receives (4 decimals), as the page shows it
+        doubt = -round(1e4 * (1 - round(s.confidence, 4)))
+        return (s.value == UNKNOWN, doubt, s.rank, s.value != POSITIVE, s.image, s.label)
 
+    ranks = [0] * len(suggestions)
+    for place, k in enumerate(sorted(range(len(suggestions)), key=entry_key)):
+        ranks[k] = place
+    return ranks
+
+
+def order(suggestions: Sequence[Suggestion], ranks: Sequence[int] | None = None) -> list[int]:
+    """Indices of ``suggestions`` in review order (see the module docstring); ``ranks``: their entry_ranks."""
+    ranks = entry_ranks(suggestions) if ranks is None else ranks
     by_image: dict[int, list[int]] = {}
-    for k in sorted(range(len(suggestions)), key=entry_key):
+    for k in sorted(range(len(suggestions)), key=ranks.__getitem__):
         by_image.setdefault(suggestions[k].image, []).append(k)
-    images = sorted(by_image, key=lambda i: (entry_key(by_image[i][0]), i))
-    return [k for i in images for k in by_image[i]]
+    return [k for i in sorted(by_image, key=lambda i: ranks[by_image[i][0]]) for k in by_image[i]]
 
 
 def value_of(action: str, suggested: int) -> int:
-    """The label a decision writes."""
+    """The label a decision writes (with no suggestion, ``accept`` means present and ``reject`` absent)."""
     if action == "accept":
-        return suggested
+        return suggested if suggested != UNKNOWN else POSITIVE
     if action == "reject":
-        return -suggested
+        return -suggested if suggested != UNKNOWN else NEGATIVE
     return UNKNOWN
 
 
@@ -135,12 +159,16 @@ class ReviewSession:
         evidence: Sequence[str] = ("classifier",),
         meta: dict[str, Any] | None = None,
         skipped: Sequence[tuple[str, str]] = (),
+        promise: dict[str, Any] | None = None,
     ) -> None:
         self.data = data
         self.cells = list(cells)
         self.partial = data.labels.copy()
         self.suggestions = list(suggestions)
-        self.order = order(self.suggestions)
+        self.ranks = entry_ranks(self.suggestions)
+        self.order = order(self.suggestions, self.ranks)
+        self.promise = promise
+        """What ``--precision`` promises, per class (:func:`hst.review.suggest.promise_of`); None without it."""
         self.evidence = list(evidence)
         self.out_csv = Path(out_csv)
         self.input_csv = Path(input_csv)
@@ -313,9 +341,11 @@ class ReviewSession:
             "classes": list(self.data.class_names),
             "images": self.cells,
             "known": known,
-            "suggestions": [self.suggestions[k].row() for k in self.order],
+            # each row ends with its entry rank: the page orders what its filters keep by it
+            "suggestions": [[*self.suggestions[k].row(), self.ranks[k]] for k in self.order],
             "decisions": [[i, c, action, value] for (i, c), (action, value) in decisions.items()],
             "evidence": self.evidence,
+            "promise": self.promise,
             "progress": progress,
             "undoable": undoable,
             "output": str(self.out_csv),
@@ -329,105 +359,4 @@ class ReviewSession:
         return Path(self.data.image_paths[row])
 
 
-# ---- building a session from a checkpoint ------------------------------------------------------------
-def suggestions_from(result: Any, module: Any) -> list[Suggestion]:
-    """Every unknown, read entry of a :class:`~hst.apps.complete.CompletionResult` as a suggestion."""
-    from hst.apps.complete import evidence_sources
-
-    thresholds = {source.name: source for source in evidence_sources(module)}
-    partial = result.partial
-    has_positive = (partial == POSITIVE).any(axis=1)
-    ist, cst = result.ist_scores, result.cst_scores
-    out: list[Suggestion] = []
-    for i, c in zip(*np.nonzero(result.decisions != 0), strict=True):
-        # without a known positive an image has no co-occurrence evidence (its IST scores are all 0)
-        ist_ok = ist is not None and has_positive[i] and np.isfinite(ist[i, c])
-        ist_score = float(ist[i, c]) if ist_ok else None  # type: ignore[index]
-        cst_score = None if cst is None or not np.isfinite(cst[i, c]) else float(cst[i, c])
-        # the same votes complete_module counted
-        ist_vote = None
-        if ist_score is not None and "IST" in thresholds:
-            ist_vote = bool(thresholds["IST"].votes(np.asarray(ist_score), int(c)))
-        cst_vote = None
-        if cst_score is not None and "CST" in thresholds:
-            cst_vote = bool(thresholds["CST"].votes(np.asarray(cst_score), int(c)))
-        out.append(
-            Suggestion(
-                image=int(i),
-                label=int(c),
-                value=int(result.decisions[i, c]),
-                confidence=float(result.confidence[i, c]),
-                probability=float(result.probabilities[i, c]),
-                threshold=float(result.thresholds[c]),
-                ist=ist_score,
-                ist_vote=ist_vote,
-                cst=cst_score,
-                cst_vote=cst_vote,
-            )
-        )
-    return out
-
-
-def _read_manifest(path: Path) -> MultiLabelData:
-    from hst.data.readers import read_csv_manifest
-
-    if not path.is_file():
-        raise FileNotFoundError(f"partial-label manifest {path} does not exist")
-    if path.suffix.lower() != ".csv":
-        raise ConfigError(f"the partial labels must be a CSV manifest (as hst make-partial writes), got {path}")
-    data = read_csv_manifest(path)
-    if data.image_paths is None:
-        raise DataError(f"{path}: the review page shows images, but this manifest names none")
-    return data
-
-
-def open_review(
-    checkpoint: str | Path,
-    partial_csv: str | Path,
-    out_csv: str | Path,
-    threshold: float | str = "auto",
-    evidence: bool = True,
-    batch_size: int = 32,
-    on_error: str = "skip",
-    device: str = "cpu",
-    progress: bool | None = None,
-) -> ReviewSession:
-    """Run ``checkpoint`` over the images of ``partial_csv`` and open (or resume) the review writing ``out_csv``."""
-    from hst.apps.complete import complete_module
-    from hst.engine.module import PartialLabelModule
-
-    given = Path(partial_csv.removeprefix("csv:") if isinstance(partial_csv, str) else partial_csv)
-    out = Path(out_csv)
-    if out.suffix.lower() != ".csv":
-        raise ConfigError(f"--out must be a .csv file (a CSV manifest), got {out}")
-    data = _read_manifest(given)
-    module = PartialLabelModule.from_checkpoint(Path(checkpoint))
-    with tempfile.TemporaryDirectory(prefix="hst-review-") as scratch:
-        # complete_module writes its own filled manifest; the review keeps only the numbers.
-        result = complete_module(
-            module,
-            given,
-            Path(scratch) / "filled.csv",
-            min_confidence=0.5,
-            threshold=threshold,
-            evidence=evidence,
-            batch_size=batch_size,
-            on_error=on_error,
-            device=device,
-            progress=progress,
-        )
-    suggestions = suggestions_from(result, module)
-    meta = {"checkpoint": str(checkpoint), "input": str(given), "suggestions": len(suggestions)}
-    return ReviewSession(data, result.images, suggestions, out, given, result.evidence, meta, result.skipped)
-
-
-__all__ = [
-    "ACTIONS",
-    "ReviewSession",
-    "Suggestion",
-    "log_path",
-    "open_review",
-    "order",
-    "suggestions_from",
-    "value_of",
-]
+__all__ = ["ACTIONS", "ReviewSession", "Suggestion", "entry_ranks", "log_path", "order", "value_of"]

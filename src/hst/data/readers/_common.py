@@ -53,6 +53,37 @@ def read_text(path: Path, what: str) -> str:
     return decode(read_bytes(path, what), path, what)
 
 
+def read_list(path: Path, what: str, first_word: bool = False) -> list[tuple[int, str]]:
+    """(line number, image) of every non-blank line of an image list, in file order; an image listed twice is an error.
+
+    An image is the stripped line, or with ``first_word`` its first word (the words after it are flags).
+    """
+    entries: list[tuple[int, str]] = []
+    first: dict[str, int] = {}
+    for line, raw in enumerate(read_text(path, what).split("\n"), start=1):
+        entry = raw.strip()
+        if not entry:
+            continue
+        if first_word:
+            entry = entry.split()[0]
+        if entry in first:
+            raise DataError(f"{at(path, line)}: image {entry!r} is already listed on line {first[entry]}")
+        first[entry] = line
+        entries.append((line, entry))
+    return entries
+
+
+def parse_json(text: str, path: Path, line: int | None = None) -> object:
+    """JSON text from ``path`` (its line ``line`` when given); errors name the line and column."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        where = at(path, error.lineno if line is None else line, error.colno)
+        raise DataError(f"{where}: invalid JSON: {error.msg}") from error
+    except RecursionError as error:
+        raise DataError(f"{at(path, line)}: JSON nested too deeply to parse") from error
+
+
 def load_json(path: Path, what: str) -> object:
     """Parse a whole JSON file; syntax errors name the line and column."""
     text = read_text(path, what)

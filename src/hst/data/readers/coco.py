@@ -32,6 +32,26 @@ def _field(record: dict[str, object], key: str, where: str, path: Path) -> objec
     return record[key]
 
 
+def _names_by_id(
+    records: list[dict[str, object]], key: str, name_key: str, kind: str, path: Path, allow_empty: bool
+) -> dict[int, str]:
+    """``{id: record[name_key]}`` of the ``key`` records: unique integer ids, names strings (empty only if allowed)."""
+    rule = "a string" if allow_empty else "a non-empty string"
+    names: dict[int, str] = {}
+    for index, record in enumerate(records):
+        where = f"{key}[{index}]"
+        record_id = _field(record, "id", where, path)
+        name = _field(record, name_key, where, path)
+        if not _is_int(record_id):
+            raise DataError(f"{path}: {where}: 'id' must be an integer, got {record_id!r}")
+        if not isinstance(name, str) or not (name or allow_empty):
+            raise DataError(f"{path}: {where}: {name_key!r} must be {rule}, got {name!r}")
+        if record_id in names:
+            raise DataError(f"{path}: {where}: duplicate {kind} id {record_id}")
+        names[record_id] = name
+    return names
+
+
 def _bad_annotation(
     annotations: list[dict[str, object]], row_of: dict[object, int], col_of: dict[object, int], path: Path
 ) -> DataError:
@@ -62,34 +82,13 @@ def read_coco(images_dir: Path, annotations: Path, keep_empty: bool = False) -> 
     objects = _records(document, "annotations", annotations)
     categories = _records(document, "categories", annotations)
 
-    category_names: dict[int, str] = {}
-    for index, category in enumerate(categories):
-        where = f"categories[{index}]"
-        category_id = _field(category, "id", where, annotations)
-        name = _field(category, "name", where, annotations)
-        if not _is_int(category_id):
-            raise DataError(f"{annotations}: {where}: 'id' must be an integer, got {category_id!r}")
-        if not isinstance(name, str):
-            raise DataError(f"{annotations}: {where}: 'name' must be a string, got {name!r}")
-        if category_id in category_names:
-            raise DataError(f"{annotations}: {where}: duplicate category id {category_id}")
-        category_names[category_id] = name
+    # An empty category name passes here: check_class_names reports it with its class index.
+    category_names = _names_by_id(categories, "categories", "name", "category", annotations, allow_empty=True)
     category_ids = sorted(category_names)
     class_names = check_class_names([category_names[i] for i in category_ids], annotations, "'categories'")
     col_of: dict[object, int] = {category_id: col for col, category_id in enumerate(category_ids)}
 
-    by_id: dict[int, str] = {}
-    for index, image in enumerate(images):
-        where = f"images[{index}]"
-        image_id = _field(image, "id", where, annotations)
-        file_name = _field(image, "file_name", where, annotations)
-        if not _is_int(image_id):
-            raise DataError(f"{annotations}: {where}: 'id' must be an integer, got {image_id!r}")
-        if not isinstance(file_name, str) or not file_name:
-            raise DataError(f"{annotations}: {where}: 'file_name' must be a non-empty string")
-        if image_id in by_id:
-            raise DataError(f"{annotations}: {where}: duplicate image id {image_id}")
-        by_id[image_id] = file_name
+    by_id = _names_by_id(images, "images", "file_name", "image", annotations, allow_empty=False)
     ordered_ids = sorted(by_id)
     row_of: dict[object, int] = {image_id: row for row, image_id in enumerate(ordered_ids)}
 

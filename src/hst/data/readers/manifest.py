@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 
 from hst.data.base import DataError, MultiLabelData
-from hst.data.readers._common import at, check_class_names, read_text, resolve_image
+from hst.data.readers._common import at, check_class_names, parse_json, read_text, resolve_image
 from hst.labels import LABEL_DTYPE, NEGATIVE, POSITIVE
 
 _CELL = {"1": POSITIVE, "-1": NEGATIVE, "0": 0, "": 0}
@@ -123,12 +122,7 @@ def read_jsonl_manifest(path: Path, class_names: list[str] | None = None) -> Mul
     for line, raw in enumerate(text.split("\n"), start=1):
         if not raw.strip():
             continue
-        try:
-            record = json.loads(raw)
-        except json.JSONDecodeError as error:
-            raise DataError(f"{at(path, line, error.colno)}: invalid JSON: {error.msg}") from error
-        except RecursionError as error:
-            raise DataError(f"{at(path, line)}: JSON nested too deeply to parse") from error
+        record = parse_json(raw, path, line)
         if not isinstance(record, dict):
             raise DataError(f"{at(path, line)}: expected a JSON object, got {type(record).__name__}")
         if "classes" in record and "image" not in record:

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path, PurePosixPath
 
 from hst.data.base import DataError, MultiLabelData
-from hst.data.readers._common import at, check_class_names, load_json, positives_matrix, read_text
+from hst.data.readers._common import (
+    at,
+    check_class_names,
+    load_json,
+    parse_json,
+    positives_matrix,
+    read_list,
+    read_text,
+)
 
 VG_NUM_CLASSES = 200
 
@@ -15,12 +22,7 @@ def read_class_list(path: Path) -> list[str]:
     """Class names from a text file (one per line) or a JSON list of strings."""
     text = read_text(path, "class names file")
     if path.suffix.lower() == ".json" or text.lstrip().startswith("["):
-        try:
-            names = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise DataError(f"{at(path, error.lineno, error.colno)}: invalid JSON: {error.msg}") from error
-        except RecursionError as error:
-            raise DataError(f"{path}: JSON nested too deeply to parse") from error
+        names = parse_json(text, path)
         if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
             raise DataError(f"{path}: expected a JSON list of class name strings")
         names = [name.strip() for name in names]
@@ -38,18 +40,10 @@ def read_vg(images_dir: Path, list_file: Path, labels_json: Path, classes_file: 
         class_names = [f"class_{index:03d}" for index in range(VG_NUM_CLASSES)]
     num_classes = len(class_names)
 
-    entries: list[tuple[int, str]] = []
-    first: dict[str, int] = {}
-    for line, raw in enumerate(read_text(list_file, "VG image list").split("\n"), start=1):
-        name = raw.strip()
-        if not name:
-            continue
-        if name in first:
-            raise DataError(f"{at(list_file, line)}: image {name!r} is already listed on line {first[name]}")
+    entries = read_list(list_file, "VG image list")
+    for line, name in entries:
         if not PurePosixPath(name).name:
             raise DataError(f"{at(list_file, line)}: {name!r} is not an image file name")
-        first[name] = line
-        entries.append((line, name))
 
     mapping = load_json(labels_json, "VG label file")
     if not isinstance(mapping, dict):

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from hst.data.base import DataError, MultiLabelData
-from hst.data.readers._common import at, read_text
+from hst.data.readers._common import at, read_list
 from hst.labels import LABEL_DTYPE, NEGATIVE, POSITIVE, UNKNOWN
 
 VOC_CLASSES: tuple[str, ...] = (
@@ -19,23 +19,6 @@ DIFFICULT_MODES = ("unknown", "negative", "positive")
 _COLUMN = {name: index for index, name in enumerate(VOC_CLASSES)}
 _TRUE = {"1", "true"}
 _FALSE = {"0", "false", ""}
-
-
-def _read_split(split_file: Path) -> list[tuple[int, str]]:
-    """(line number, image id) pairs in file order; blank lines are skipped, duplicates rejected."""
-    entries: list[tuple[int, str]] = []
-    first: dict[str, int] = {}
-    for line, raw in enumerate(read_text(split_file, "VOC split file").split("\n"), start=1):
-        parts = raw.split()
-        if not parts:
-            continue
-        # Per-class lists ("000005 -1") carry a flag after the id; the id is all we need.
-        image_id = parts[0]
-        if image_id in first:
-            raise DataError(f"{at(split_file, line)}: image {image_id!r} is already listed on line {first[image_id]}")
-        first[image_id] = line
-        entries.append((line, image_id))
-    return entries
 
 
 def _objects(xml_path: Path, split_file: Path, line: int) -> list[tuple[int, bool]]:
@@ -78,7 +61,8 @@ def read_voc(root: Path, split: str, difficult: str = "unknown") -> MultiLabelDa
         raise DataError(f"read_voc: difficult={difficult!r}; expected one of {', '.join(DIFFICULT_MODES)}")
     root = Path(root)
     split_file = root / "ImageSets" / "Main" / f"{split}.txt"
-    entries = _read_split(split_file)
+    # Per-class lists ("000005 -1") carry a flag after the id; the id is all we need.
+    entries = read_list(split_file, "VOC split file", first_word=True)
     labels = np.full((len(entries), len(VOC_CLASSES)), NEGATIVE, dtype=LABEL_DTYPE)
     difficult_only = 0
     for row, (line, image_id) in enumerate(entries):

@@ -2,7 +2,7 @@
 // server at once (it writes the manifest and the decision log); this page keeps no state of its own.
 "use strict";
 
-const S = { I: 0, C: 1, V: 2, CONF: 3, P: 4, TAU: 5, IST: 6, IST_VOTE: 7, CST: 8, CST_VOTE: 9 };
+const S = { I: 0, C: 1, V: 2, CONF: 3, P: 4, TAU: 5, IST: 6, IST_VOTE: 7, CST: 8, CST_VOTE: 9, SCORE: 10, RANK: 11 };
 const ACTION_KEYS = { a: "accept", r: "reject", u: "unknown" };
 const view = {
   state: null,
@@ -16,7 +16,6 @@ const view = {
 
 const $ = (id) => document.getElementById(id);
 const key = (s) => `${s[S.I]},${s[S.C]}`;
-const doubt = (s) => 1 - s[S.CONF];
 const fmt = (x) => (x === null || x === undefined ? "–" : Number(x).toFixed(2));
 
 function status(text, error = false) {
@@ -34,7 +33,8 @@ async function api(path, body) {
   return response.json();
 }
 
-// Same order as hst.review.session.order, on the filtered subset: images by their most doubtful suggestion.
+// Same order as hst.review.session.order, on the filtered subset: images by their first entry, each entry's place
+// (its entry rank, sent by the server) deciding.
 function buildGroups() {
   const cls = Number($("filter-class").value);
   const lo = Number($("filter-min").value) || 0.5;
@@ -46,10 +46,8 @@ function buildGroups() {
     if (!byImage.has(s[S.I])) byImage.set(s[S.I], []);
     byImage.get(s[S.I]).push(s);
   }
-  // doubt in units of 1e-4, exactly as the server computes it from the same 4-decimal confidence
-  const rank = (s) => [-Math.round(1e4 * doubt(s)), s[S.V] === 1 ? 0 : 1, s[S.I], s[S.C]];
-  const less = (a, b) => { for (let k = 0; k < a.length; k++) if (a[k] !== b[k]) return a[k] - b[k]; return 0; };
-  view.groups = [...byImage.values()].sort((a, b) => less(rank(a[0]), rank(b[0])));
+  // each image's entries came in server order, so its first one has its lowest rank
+  view.groups = [...byImage.values()].sort((a, b) => a[0][S.RANK] - b[0][S.RANK]);
 }
 
 function flatIndex() { return view.groups.slice(0, view.group).reduce((n, g) => n + g.length, 0) + view.pos; }
@@ -92,7 +90,28 @@ function renderProgress(progress) {
   document.body.dataset.decided = String(progress.decided);
 }
 
+// --precision: the class's rule for one polarity (+1 present, -1 absent), or null when not asked for
+function rule(c, sign) {
+  const found = view.state.promise.classes[c];
+  return sign === 1 ? found.positive : found.negative;
+}
+
+function ruleText(found, sign) {
+  if (!found) return "";
+  const word = sign === 1 ? "present" : "absent";
+  if (found.threshold === null) return `${word}: refused`;  // the reason is in the promise's table
+  return `${word} if ${sign === 1 ? "≥" : "≤"} ${fmt(found.threshold)}`;
+}
+
+function calibratedEvidence(s) {
+  const score = `score ${fmt(s[S.SCORE])}`;
+  if (s[S.V] !== 0) return `${score} ${s[S.V] === 1 ? "≥" : "≤"} ${fmt(rule(s[S.C], s[S.V]).threshold)}`;
+  const rules = [1, -1].map((sign) => ruleText(rule(s[S.C], sign), sign)).filter(Boolean);
+  return [score, ...rules].join(" · ");
+}
+
 function evidence(s) {
+  if (view.state.promise) return calibratedEvidence(s);
   const p3 = (x) => Number(x).toFixed(3);  // p and τ can agree to two decimals on either side
   const parts = [`p ${p3(s[S.P])} ${s[S.P] >= s[S.TAU] ? "≥" : "<"} τ ${p3(s[S.TAU])}`];
   for (const [name, score, vote] of [["IST", s[S.IST], s[S.IST_VOTE]], ["CST", s[S.CST], s[S.CST_VOTE]]]) {
@@ -104,10 +123,66 @@ function evidence(s) {
   return parts.join(" · ");
 }
 
-function decisionText(d) {
+function decisionText(d, s) {
   if (!d) return "";
   if (d.action === "unknown") return "unknown";
+  if (s[S.V] === 0) return `marked ${d.value === 1 ? "present" : "absent"}`;
   return `${d.action === "accept" ? "accepted" : "rejected"} → ${d.value === 1 ? "present" : "absent"}`;
+}
+
+function suggestionCell(s) {
+  if (s[S.V] === 0) return `<span class='sug-none'>no suggestion at ${view.state.promise.precision}</span>`;
+  return `<span class='${s[S.V] === 1 ? "sug-pos" : "sug-neg"}'>${s[S.V] === 1 ? "present" : "absent"}</span>`;
+}
+
+function confidenceCell(s) {
+  if (s[S.V] === 0) return "–";
+  const bar = `<span class='bar'><span data-w='${Math.round(100 * (s[S.CONF] - 0.5) / 0.5)}'></span></span>`;
+  if (!view.state.promise) return `${bar}${fmt(s[S.CONF])}`;
+  // the precision the class's threshold measured on known entries: correct of those past it
+  const found = rule(s[S.C], s[S.V]);
+  return `${bar}${fmt(s[S.CONF])} <span class='hint'>(${found.correct} of ${found.known})</span>`;
+}
+
+// --precision: the promise, stated once above the suggestions and per class in a table under it.
+function renderPromise() {
+  const promise = view.state.promise;
+  const box = $("promise");
+  box.hidden = !promise;
+  if (!promise) return;
+  const count = (key) => promise.classes.filter((c) => c[key] && c[key].threshold !== null).length;
+  const both = Boolean(promise.classes[0] && promise.classes[0].negative);  // false: --positives-only
+  const asked = both ? "present labels, and separately its absent ones," : "present labels";
+  $("promise-summary").textContent =
+    `Promise: each suggestion comes from a rule calibrated per class so that its ${asked} are at least ` +
+    `${promise.precision} precise (a lower bound, measured on the known labels of ${promise.calibrated_on}; never ` +
+    `on this review's decisions). Calibrated for present: ${count("positive")} of ${promise.classes.length} ` +
+    `classes` + (both ? `; for absent: ${count("negative")}` : "") +
+    `. ${promise.unsuggested} entries have no suggestion at ${promise.precision} and come last.`;
+  $("promise-note").textContent = promise.note ? `warning: ${promise.note}` : "";
+  const tbody = $("promise-table").tBodies[0];
+  tbody.textContent = "";
+  const cell = (found, sign) => {
+    if (!found) return "—";
+    if (found.threshold === null) return `refused: ${found.reason}`;
+    const p = found.known ? (100 * found.correct / found.known).toFixed(1) : "–";
+    return `score ${sign === 1 ? "≥" : "≤"} ${fmt(found.threshold)}: ${found.correct} of ${found.known} known ` +
+      `correct (${p}%) · ${found.suggested} suggested`;
+  };
+  for (const found of promise.classes) {
+    const tr = document.createElement("tr");
+    for (const [text, refused] of [
+      [found.name, false],
+      [cell(found.positive, 1), Boolean(found.positive && found.positive.threshold === null)],
+      [cell(found.negative, -1), Boolean(found.negative && found.negative.threshold === null)],
+    ]) {
+      const td = document.createElement("td");
+      td.textContent = text;
+      if (refused) td.className = "refused";
+      tr.appendChild(td);
+    }
+    tbody.appendChild(tr);
+  }
 }
 
 function render() {
@@ -152,10 +227,10 @@ function render() {
     tr.className = [p === view.pos ? "current" : "", d ? d.action : ""].join(" ").trim();
     const cells = [
       names[s[S.C]],
-      `<span class='${s[S.V] === 1 ? "sug-pos" : "sug-neg"}'>${s[S.V] === 1 ? "present" : "absent"}</span>`,
-      `<span class='bar'><span data-w='${Math.round(100 * (s[S.CONF] - 0.5) / 0.5)}'></span></span>${fmt(s[S.CONF])}`,
+      suggestionCell(s),
+      confidenceCell(s),
       `<span class='ev'>${evidence(s)}</span>`,
-      decisionText(d),
+      decisionText(d, s),
     ];
     cells.forEach((html, k) => {
       const td = document.createElement("td");
@@ -257,6 +332,15 @@ async function main() {
   });
   $("filters").addEventListener("submit", (event) => event.preventDefault());
   for (const id of ["filter-class", "filter-min", "filter-max"]) $(id).addEventListener("change", refilter);
+  if (view.state.promise) {
+    $("order-hint").textContent =
+      `(least precise class first, nearest its threshold first; no suggestion at ${view.state.promise.precision} last)`;
+    $("evidence-head").textContent = "evidence: score against the class's thresholds";
+    $("evidence-head").title = "the cross-fitted score hst complete --precision calibrates: an entry is filled " +
+      "where it passes its class's threshold";
+    $("no-suggestion-keys").hidden = false;
+  }
+  renderPromise();
   buildGroups();
   seekUndecided(0);  // resume: the first suggestion nobody decided yet
   renderProgress(view.state.progress);

@@ -1,0 +1,331 @@
+"""A frozen backbone run on batches of pixels through the fastest runtime at hand.
+
+Measured on a 2-core CPU (EfficientNet-Lite0, 448 px, docs/performance.md): ONNX Runtime runs the backbone about
+3× faster than torch in ``channels_last`` and about 5× faster than torch on contiguous tensors. So on the CPU
+the backbone (with the normalisation of the evaluation transform in front of it) is exported once to ONNX, into
+``<cache_dir>/onnx/`` under a key of its weights' fingerprint, and run by ONNX Runtime; torch
+(``channels_last``, inference mode) serves when onnxruntime is not installed, when the export fails its parity
+check, on a GPU, and for fewer than :data:`ONNX_MIN_IMAGES` images (where the one-off export costs more than it
+saves). ``HST_FROZEN_RUNTIME=torch`` or ``=onnxruntime`` overrides the choice.
+
+Both runtimes compute the same function of the pixels (float32; they differ by rounding, far below the float16
+rounding of the feature cache), so a feature cache's key does not depend on the runtime.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from hst.config import ConfigError
+from hst.data.base import MultiLabelData
+from hst.data.batches import PixelBatches
+from hst.data.transforms import normalize_pixels
+from hst.io import atomic_path
+from hst.models.backbone import Backbone
+
+RUNTIME_ENV = "HST_FROZEN_RUNTIME"
+RUNTIME_CHOICES = ("auto", "onnxruntime", "torch")
+ONNX_MIN_IMAGES = 64
+"""Below this many images ``auto`` keeps torch: a first export and its check take about 1.5 s on 2 cores."""
+FORWARD_BATCH = 16
+"""Images per forward pass on the CPU (ONNX Runtime's best on 2 cores; larger batches only cost memory)."""
+ONNX_OPSET = 17
+ONNX_FORMAT = 1
+"""Bumped when the exported graph changes, so that older files are not reused."""
+PARITY_ULPS = 1.0
+"""Export check: max |ONNX − torch| at most this many float16 ulps of the largest feature (2^-10 of it each)."""
+
+
+@contextlib.contextmanager
+def reused_heap() -> Iterator[None]:
+    """While torch runs a CNN on the CPU, keep freed memory in the process (glibc) instead of returning it.
+
+    glibc serves every block above 32 MiB (every activation of a batch at 448 px) with a fresh ``mmap`` and
+    returns it on free, so each forward pass page-faults all its activations in again, zero-filled by the kernel:
+    more system time than compute (docs/performance.md). Raising the thresholds for the duration lets the
+    blocks be reused; afterwards they go back to glibc's usual limits and the spare memory is released.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt, malloc_trim = libc.mallopt, libc.malloc_trim
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        yield
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    mallopt(m_mmap_threshold, 1 << 30)
+    mallopt(m_trim_threshold, 1 << 31)
+    try:
+        yield
+    finally:
+        mallopt(m_mmap_threshold, 32 << 20)
+        mallopt(m_trim_threshold, 64 << 20)
+        malloc_trim(0)
+
+
+def weights_fingerprint(module: nn.Module) -> str:
+    """sha256 over the names, shapes, dtypes and bytes of all tensors of ``module``.
+
+    The weights description alone cannot tell two random initialisations apart.
+    """
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        flat = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}\t{tuple(tensor.shape)}\t{tensor.dtype}\n".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+class _PixelsToFeatures(nn.Module):
+    """What the ONNX file holds: uint8 ``B×H×W×3`` pixels → normalised images → backbone feature maps.
+
+    Keeps its last output: the exporter's trace runs the torch forward once, the reference of the parity check.
+    """
+
+    def __init__(self, backbone: Backbone) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.last: torch.Tensor | None = None
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        self.last = self.backbone(normalize_pixels(pixels, self.backbone.mean, self.backbone.std))
+        return self.last
+
+
+class TorchRunner:
+    """The backbone in torch: inference mode, ``channels_last`` when asked (weights converted once)."""
+
+    name = "torch"
+
+    def __init__(self, backbone: Backbone, channels_last: bool) -> None:
+        self.backbone = backbone
+        self.channels_last = channels_last
+        if channels_last:
+            backbone.to(memory_format=torch.channels_last)  # same values, the layout its convolutions run fastest on
+        self.device = next(backbone.parameters()).device
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        layout = torch.channels_last if self.channels_last else torch.contiguous_format
+        with torch.inference_mode():
+            images = normalize_pixels(pixels.to(self.device, non_blocking=True), self.backbone.mean, self.backbone.std)
+            return self.backbone(images.contiguous(memory_format=layout))
+
+
+class OnnxRunner:
+    """The exported backbone in ONNX Runtime (CPU), as many intra-op threads as torch uses, no spin-waiting."""
+
+    name = "onnxruntime"
+
+    def __init__(self, model: Path | bytes) -> None:
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        # Spinning threads would take the core the decoding thread needs between two batches.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        source = str(model) if isinstance(model, Path) else model
+        self.session = onnxruntime.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+        self.input = self.session.get_inputs()[0].name
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        array = pixels.cpu().contiguous().numpy()
+        return torch.from_numpy(self.session.run(None, {self.input: array})[0])
+
+
+Runner = TorchRunner | OnnxRunner
+
+
+def onnx_key(backbone: Backbone, image_size: int) -> str:
+    """Key of the exported graph: the backbone's tensors, normalisation, input size and the exporter's version."""
+    fields = {
+        "format": ONNX_FORMAT,
+        "opset": ONNX_OPSET,
+        "torch": torch.__version__,
+        "backbone": backbone.name,
+        "weights_sha256": weights_fingerprint(backbone),
+        "mean": list(backbone.mean),
+        "std": list(backbone.std),
+        "image_size": int(image_size),
+    }
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _export(backbone: Backbone, image_size: int, path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """Export to ``path``; returns a traced example (one random image) and torch's features of it."""
+    example = torch.randint(
+        0, 256, (1, image_size, image_size, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
+    wrapper = _PixelsToFeatures(backbone)
+    with warnings.catch_warnings():
+        # The TorchScript-based exporter announces its deprecation; it exports these CNNs faithfully and fast.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            wrapper,
+            (example,),
+            str(path),
+            dynamo=False,
+            input_names=["pixels"],
+            output_names=["features"],
+            dynamic_axes={"pixels": {0: "batch"}, "features": {0: "batch"}},
+            opset_version=ONNX_OPSET,
+            do_constant_folding=True,
+        )
+    if wrapper.last is None:
+        raise RuntimeError("the exporter did not run the model")
+    return example, wrapper.last.detach().float()
+
+
+def _check_parity(runner: OnnxRunner, example: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """The graph on the traced image, twice in one batch (a batch size baked into the graph shows), against torch."""
+    pixels, expected = example
+    got = runner(pixels.expand(2, -1, -1, -1))
+    limit = PARITY_ULPS * 2.0**-10 * float(expected.abs().max())
+    if got.shape[1:] != expected.shape[1:] or len(got) != 2 or not float((got - expected).abs().max()) <= limit:
+        raise RuntimeError(f"the ONNX graph's features differ from torch's (more than {limit:.2e})")
+
+
+def _onnx_runner(backbone: Backbone, image_size: int, cache_dir: Path | None) -> OnnxRunner:
+    """The cached export of ``backbone`` at ``image_size``, exported and checked first if missing."""
+    if cache_dir is not None:
+        path = cache_dir / "onnx" / f"{backbone.name}-{int(image_size)}px-{onnx_key(backbone, image_size)}.onnx"
+        if path.is_file():
+            try:
+                return OnnxRunner(path)
+            except Exception:  # a damaged file is exported again below
+                pass
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(path) as temp:
+                example = _export(backbone, image_size, temp)
+                runner = OnnxRunner(temp)
+                _check_parity(runner, example)
+            return runner
+        except OSError:
+            pass  # a read-only cache folder: export into a temporary one and keep the graph in memory only
+    with tempfile.TemporaryDirectory(prefix="hst-onnx-") as scratch:
+        temp = Path(scratch) / "backbone.onnx"
+        example = _export(backbone, image_size, temp)
+        runner = OnnxRunner(temp.read_bytes())
+    _check_parity(runner, example)
+    return runner
+
+
+def _notice(text: str) -> None:
+    print(f"note: {text}", file=sys.stderr, flush=True)
+
+
+def requested_runtime(runtime: str | None = None) -> str:
+    """``runtime``, else ``$HST_FROZEN_RUNTIME``, else ``auto``; checked against :data:`RUNTIME_CHOICES`."""
+    choice = (runtime or os.environ.get(RUNTIME_ENV) or "auto").strip().lower()
+    if choice not in RUNTIME_CHOICES:
+        raise ConfigError(f"{RUNTIME_ENV}={choice!r}: expected one of {', '.join(RUNTIME_CHOICES)}")
+    return choice
+
+
+def frozen_runner(
+    backbone: Backbone,
+    image_size: int,
+    cache_dir: str | Path | None = None,
+    num_images: int | None = None,
+    channels_last: bool = False,
+    runtime: str | None = None,
+) -> Runner:
+    """The fastest runner of ``backbone`` (in eval mode) on uint8 ``B×H×W×3`` pixels at ``image_size``.
+
+    ``num_images``: how many images will run (``auto`` keeps torch for fewer than :data:`ONNX_MIN_IMAGES`);
+    ``channels_last``: the torch runner's layout. A runtime that was asked for (``auto`` asks for ONNX Runtime
+    on the CPU) and cannot serve falls back to torch with a one-line notice on stderr.
+    """
+    choice = requested_runtime(runtime)
+    on_cpu = next(backbone.parameters()).device.type == "cpu"
+    small = num_images is not None and num_images < ONNX_MIN_IMAGES
+    if choice == "torch" or not on_cpu or (choice == "auto" and small):
+        if choice == "onnxruntime" and not on_cpu:
+            _notice(f"{RUNTIME_ENV}=onnxruntime runs on the CPU only; the backbone on the GPU runs in torch")
+        return TorchRunner(backbone, channels_last)
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        _notice(
+            "onnxruntime is not installed: the frozen backbone runs in torch (about 3× slower on a CPU; "
+            "pip install 'hst-mlr[export]')"
+        )
+        return TorchRunner(backbone, channels_last)
+    try:
+        return _onnx_runner(backbone, image_size, None if cache_dir is None else Path(cache_dir))
+    except Exception as error:  # the exporter and the runtime raise many types; torch always works
+        reason = " ".join(str(error).split())[:200] or type(error).__name__
+        _notice(f"ONNX export of {backbone.name} failed ({reason}): the frozen backbone runs in torch")
+        return TorchRunner(backbone, channels_last)
+
+
+@dataclass
+class FeatureBatch:
+    """Backbone feature maps (``B×F×h×w`` float32) of ``rows``, and the rows that could not be read (with why)."""
+
+    rows: list[int]
+    features: torch.Tensor | None
+    skipped: list[tuple[int, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.rows) + len(self.skipped)
+
+
+def frozen_features(
+    backbone: Backbone,
+    data: MultiLabelData,
+    image_size: int,
+    cache_dir: str | Path | None = None,
+    batch_size: int = FORWARD_BATCH,
+    num_workers: int = 0,
+    channels_last: bool = False,
+    catch_errors: bool = False,
+    runtime: str | None = None,
+) -> Iterator[FeatureBatch]:
+    """The frozen backbone's feature maps of ``data`` on the evaluation transform, in order, batch by batch.
+
+    The next images are decoded and resized (:class:`hst.data.batches.PixelBatches`) while the runner
+    (:func:`frozen_runner`) computes the current batch. On the CPU a batch holds at most :data:`FORWARD_BATCH`
+    images whatever ``batch_size`` says: larger ones only grow the activations (gigabytes at 448 px, every one
+    of them page-faulted afresh by torch). The caller puts the backbone in eval mode.
+    """
+    if next(backbone.parameters()).device.type == "cpu":
+        batch_size = min(batch_size, FORWARD_BATCH)
+    # decoding starts first: the first batches are ready when the runner (an export, maybe) is
+    batches = PixelBatches(data, image_size, batch_size, catch_errors, num_workers)
+    with contextlib.ExitStack() as stack:
+        stack.callback(batches.close)
+        runner = frozen_runner(backbone, image_size, cache_dir, len(data), channels_last, runtime)
+        if isinstance(runner, TorchRunner) and runner.device.type == "cpu":
+            stack.enter_context(reused_heap())
+        for batch in batches:
+            features = runner(batch.pixels) if batch.pixels is not None else None
+            yield FeatureBatch(batch.rows, features, batch.skipped)
+
+
+__all__ = [
+    "FORWARD_BATCH",
+    "ONNX_MIN_IMAGES",
+    "RUNTIME_CHOICES",
+    "RUNTIME_ENV",
+    "FeatureBatch",
+    "OnnxRunner",
+    "TorchRunner",
+    "frozen_features",
+    "frozen_runner",
+    "requested_runtime",
+    "weights_fingerprint",
+]
