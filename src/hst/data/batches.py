@@ -8,6 +8,9 @@ runs the backbone (:func:`hst.data.transforms.normalize_pixels`), on the whole b
 from __future__ import annotations
 
 import itertools
+import os
+import sys
+import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -23,6 +26,20 @@ DECODE_THREADS = 1
 """Threads decoding ahead: on 2 cores one keeps up with the backbone (a second one only competes with it)."""
 BATCHES_AHEAD = 4
 """Batches decoded ahead: they fill while the backbone is exported (about 40 MB of pixels at 448 px)."""
+DECODE_NICENESS = 10
+"""How much lower the decoding thread's priority is (Linux): it fills the gaps of the backbone's threads instead
+of stalling them (0.85 → 0.89 of the forward-only rate on 2 cores)."""
+
+
+def _lower_priority() -> None:
+    # Linux schedules threads by their own id; elsewhere the call would change the whole process (or another one)
+    if sys.platform != "linux":
+        return
+    thread = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, thread, min(19, os.getpriority(os.PRIO_PROCESS, thread) + DECODE_NICENESS))
+    except OSError:
+        pass  # a sandbox that forbids it: decoding just competes at the same priority
 
 
 @dataclass
@@ -95,7 +112,9 @@ class PixelBatches:
         self._pool: ThreadPoolExecutor | None = None
         self._pending: list[Future[PixelBatch]] = []
         if num_workers <= 0:
-            self._pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="hst-decode")
+            self._pool = ThreadPoolExecutor(
+                max(1, threads), thread_name_prefix="hst-decode", initializer=_lower_priority
+            )
             self._submit(BATCHES_AHEAD)
 
     def _load(self, start: int) -> PixelBatch:

@@ -1,12 +1,13 @@
 """A frozen backbone run on batches of pixels through the fastest runtime at hand.
 
-Measured on a 2-core CPU (EfficientNet-Lite0, 448 px, docs/performance.md): ONNX Runtime runs the backbone about
-3× faster than torch in ``channels_last`` and about 5× faster than torch on contiguous tensors. So on the CPU
-the backbone (with the normalisation of the evaluation transform in front of it) is exported once to ONNX, into
-``<cache_dir>/onnx/`` under a key of its weights' fingerprint, and run by ONNX Runtime; torch
-(``channels_last``, inference mode) serves when onnxruntime is not installed, when the export fails its parity
-check, on a GPU, and for fewer than :data:`ONNX_MIN_IMAGES` images (where the one-off export costs more than it
-saves). ``HST_FROZEN_RUNTIME=torch`` or ``=onnxruntime`` overrides the choice.
+Measured on a 2-core CPU (EfficientNet-Lite0, 448 px, batches of 16, docs/performance.md): ONNX Runtime 32 img/s,
+torch ``channels_last`` 26 and contiguous 20, once torch keeps its activations' memory (:func:`reused_heap`;
+without it 14 and 8). So on the CPU the backbone (with the normalisation of the evaluation transform in front of
+it) is exported once to ONNX, into ``<cache_dir>/onnx/`` under a key of its weights' fingerprint, checked against
+torch and run by ONNX Runtime; torch (``channels_last``, inference mode, heap kept) serves when onnxruntime is
+not installed, when the export fails or differs, on a GPU, and for fewer than :data:`ONNX_MIN_IMAGES` images
+(where the one-off export costs more than it saves). ``HST_FROZEN_RUNTIME=torch`` or ``=onnxruntime`` overrides
+the choice.
 
 Both runtimes compute the same function of the pixels (float32; they differ by rounding, far below the float16
 rounding of the feature cache), so a feature cache's key does not depend on the runtime.
@@ -38,8 +39,9 @@ from hst.models.backbone import Backbone
 
 RUNTIME_ENV = "HST_FROZEN_RUNTIME"
 RUNTIME_CHOICES = ("auto", "onnxruntime", "torch")
-ONNX_MIN_IMAGES = 64
-"""Below this many images ``auto`` keeps torch: a first export and its check take about 1.5 s on 2 cores."""
+ONNX_MIN_IMAGES = 200
+"""Below this many images ``auto`` keeps torch: on 2 cores the export and its check take 1.2 s and save 7 ms an
+image (torch ``channels_last`` 26 img/s, ONNX Runtime 32), so they pay for themselves after about 170 images."""
 FORWARD_BATCH = 16
 """Images per forward pass on the CPU (ONNX Runtime's best on 2 cores; larger batches only cost memory)."""
 ONNX_OPSET = 17
