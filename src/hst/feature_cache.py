@@ -11,16 +11,17 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Generator, Sequence
 from contextlib import closing
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from hst.data.base import IMAGE_DECODING, MultiLabelData
+from hst.data.digests import DIGEST_MEMO, image_files_digest
 from hst.data.splits import prepare_splits
 from hst.io import atomic_path, atomic_write, write_text_atomic
 from hst.models.backbone import Backbone
@@ -30,6 +31,7 @@ from hst.progress import progress_bar
 CACHE_FORMAT = 1
 KEY_LENGTH = 16
 FP16_MAX = float(np.finfo(np.float16).max)
+CacheT = TypeVar("CacheT")
 
 
 class FeatureCacheError(RuntimeError):
@@ -50,64 +52,6 @@ def _sha256(text: str) -> str:
 def image_ids_digest(image_ids: Sequence[str]) -> str:
     """sha256 of the image ids joined by newlines (ids never contain one in a well-formed source)."""
     return _sha256("\n".join(image_ids))
-
-
-DIGEST_MEMO = "image-digests.json"
-"""In the cache folder: each image file's content sha256 with the size and mtime it had when hashed."""
-
-
-def _content_sha256(path: Path) -> tuple[int, str]:
-    content = hashlib.sha256()
-    size = 0
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            content.update(chunk)
-            size += len(chunk)
-    return size, content.hexdigest()
-
-
-def _load_memo(memo_path: Path) -> dict[str, list[Any]]:
-    try:
-        memo = json.loads(memo_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}  # a missing or damaged memo only costs re-hashing
-    return memo if isinstance(memo, dict) else {}
-
-
-def image_files_digest(data: MultiLabelData, memo_path: Path | None = None) -> str | None:
-    """sha256 over each image file's size and content sha256, in image order (``None`` for rendered datasets).
-
-    Content, not mtimes: a copied or re-mounted dataset keeps its cache, an edited image gets a new one. With
-    ``memo_path`` (a JSON file) a file whose size and mtime are those it had when hashed is not read again, as
-    make trusts mtimes; a new mtime costs a re-hash, never a re-extraction.
-    """
-    if data.image_paths is None:
-        return None
-    memo = _load_memo(memo_path) if memo_path is not None else {}
-    changed = False
-    digest = hashlib.sha256()
-    for path in data.image_paths:
-        try:
-            stat = path.stat()
-            name = str(path.resolve())
-            known = memo.get(name)
-            if isinstance(known, list) and known[:2] == [stat.st_size, stat.st_mtime_ns]:
-                size, sha = stat.st_size, str(known[2])
-            else:
-                size, sha = _content_sha256(path)
-                memo[name] = [stat.st_size, stat.st_mtime_ns, sha]
-                changed = True
-            entry = f"{size}\t{sha}\n"
-        except OSError:
-            entry = f"{path.name}\tmissing\n"
-        digest.update(entry.encode("utf-8"))
-    if changed and memo_path is not None:
-        try:
-            memo_path.parent.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(memo_path, json.dumps(memo))
-        except OSError:
-            pass  # a read-only cache folder: the key is right either way, only the next run hashes again
-    return digest.hexdigest()
 
 
 def _weights_file_stamp(description: str) -> str | None:
@@ -270,56 +214,44 @@ class FeatureCache:
         return cache
 
 
-def extract_features(
-    backbone: Backbone,
-    data: MultiLabelData,
-    image_size: int,
+def open_or_write_cache(
+    open_cache: Callable[[Path, str], CacheT | None],
+    paths: Callable[[Path, str], tuple[Path, Path]],
     cache_dir: Path,
-    batch_size: int = 64,
-    num_workers: int = 0,
-    progress: bool = True,
-    channels_last: bool = False,
-    runtime: str | None = None,
-) -> FeatureCache:
-    """Return the cache of ``backbone`` features on ``data``, computing and writing it if needed.
+    fields: dict[str, Any],
+    data: MultiLabelData,
+    backbone: Backbone,
+    maps: Callable[[], Generator[torch.Tensor, None, None]],
+    what: str,
+    progress: bool,
+) -> CacheT:
+    """The cache of ``fields`` in ``cache_dir`` as ``open_cache`` opens it, first written from ``maps()`` if missing.
 
-    Images go through the eval transform (no augmentation); the backbone runs in eval mode, on the CPU through
-    the fastest runtime at hand (:func:`hst.models.frozen_runtime.frozen_features`, whose exported graph is kept
-    in ``cache_dir/onnx``), else on the device of its parameters. The array is written under a temporary name
-    and renamed when complete; the sidecar JSON comes last, so an interrupted run leaves nothing that
-    :meth:`FeatureCache.open` accepts.
+    ``maps()`` yields the float32 maps (``what``) of the images of ``data`` in order, a batch at a time, while
+    ``backbone`` is in eval mode. They are written as float16 under a temporary name and renamed when complete;
+    the sidecar JSON comes last, so an interrupted run leaves nothing that ``open_cache`` accepts.
     """
-    cache_dir = Path(cache_dir)
-    fields = feature_cache_fields(data, backbone, image_size, cache_dir)
     key = _key_of(fields)
-    existing = FeatureCache.open(cache_dir, key)
+    existing = open_cache(cache_dir, key)
     if existing is not None:
         return existing
     if len(data) == 0:
         raise FeatureCacheError(f"{data.source}: no images to extract features from")
-
     cache_dir.mkdir(parents=True, exist_ok=True)
-    npy_path, meta_path = _paths(cache_dir, key)
+    npy_path, meta_path = paths(cache_dir, key)
     was_training = backbone.training
     start = time.perf_counter()
     out: np.memmap | None = None
     try:
         backbone.eval()
         row = 0
-        batches = frozen_features(
-            backbone, data, image_size, cache_dir, batch_size, num_workers, channels_last, runtime=runtime
-        )
         with atomic_path(npy_path) as tmp_npy:
             # closing: an error here stops the decoding thread at once instead of when the generator is collected
-            with closing(batches), progress_bar(len(data), progress, f"features {key}") as advance:
-                for found in batches:
-                    assert found.features is not None  # unreadable images raise: the cache holds every row
-                    batch = found.features.float()
-                    if batch.ndim != 4:
-                        raise FeatureCacheError(f"{backbone.name}: expected N×F×h×w features, got {tuple(batch.shape)}")
+            with closing(maps()) as batches, progress_bar(len(data), progress, f"{what} {key}") as advance:
+                for batch in batches:
                     if not bool(torch.isfinite(batch).all()) or float(batch.abs().max()) > FP16_MAX:
                         raise FeatureCacheError(
-                            f"{backbone.name}: features of {data.source} rows {row}..{row + len(batch) - 1} are "
+                            f"{backbone.name}: {what} of {data.source} rows {row}..{row + len(batch) - 1} are "
                             f"not finite in float16 (|x| > {FP16_MAX:g} or NaN); they cannot be cached"
                         )
                     if out is None:
@@ -344,15 +276,52 @@ def extract_features(
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "image_ids": list(data.image_ids),
         }
-        # The sidecar comes last: without it FeatureCache.open accepts nothing of an interrupted extraction.
+        # The sidecar comes last: without it open_cache accepts nothing of an interrupted extraction.
         write_text_atomic(meta_path, json.dumps(meta, indent=1))
     finally:
         backbone.train(was_training)
         del out
-    opened = FeatureCache.open(cache_dir, key)
+    opened = open_cache(cache_dir, key)
     if opened is None:
         raise FeatureCacheError(f"{npy_path}: the cache just written cannot be opened")
     return opened
+
+
+def extract_features(
+    backbone: Backbone,
+    data: MultiLabelData,
+    image_size: int,
+    cache_dir: Path,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    progress: bool = True,
+    channels_last: bool = False,
+    runtime: str | None = None,
+) -> FeatureCache:
+    """Return the cache of ``backbone`` features on ``data``, computing and writing it if needed.
+
+    Images go through the eval transform (no augmentation); the backbone runs in eval mode, on the CPU through
+    the fastest runtime at hand (:func:`hst.models.frozen_runtime.frozen_features`, whose exported graph is kept
+    in ``cache_dir/onnx``), else on the device of its parameters; :func:`open_or_write_cache` writes the cache.
+    """
+    cache_dir = Path(cache_dir)
+
+    def feature_maps() -> Generator[torch.Tensor, None, None]:
+        batches = frozen_features(
+            backbone, data, image_size, cache_dir, batch_size, num_workers, channels_last, runtime=runtime
+        )
+        with closing(batches):
+            for found in batches:
+                assert found.features is not None  # unreadable images raise: the cache holds every row
+                if found.features.ndim != 4:
+                    shape = tuple(found.features.shape)
+                    raise FeatureCacheError(f"{backbone.name}: expected N×F×h×w features, got {shape}")
+                yield found.features.float()
+
+    fields = feature_cache_fields(data, backbone, image_size, cache_dir)
+    return open_or_write_cache(
+        FeatureCache.open, _paths, cache_dir, fields, data, backbone, feature_maps, "features", progress
+    )
 
 
 class CachedFeatureDataset(Dataset):
@@ -402,12 +371,9 @@ class CachedFeatureDataset(Dataset):
         return [(index, batch[i], self.labels[index], self.eval_labels[index]) for i, index in enumerate(indices)]
 
 
-def extract_split_features(
-    backbone: Backbone, splits: Any, data_config: Any, channels_last: bool, progress: bool
-) -> tuple[FeatureCache, FeatureCache]:
-    """Caches of the training source (all of it: splits and partial labels do not change the features) and
-    of the test source; one cache serves both when the test set is carved from the training source."""
-    kwargs: dict[str, Any] = {
+def extraction_options(data_config: Any, channels_last: bool, progress: bool) -> dict[str, Any]:
+    """The keyword arguments of an extraction (:func:`extract_features`, the front's) that a data config gives."""
+    return {
         "image_size": data_config.image_size,
         "cache_dir": Path(data_config.cache_dir),
         "batch_size": data_config.eval_batch_size,
@@ -415,6 +381,14 @@ def extract_split_features(
         "progress": progress,
         "channels_last": channels_last,
     }
+
+
+def extract_split_features(
+    backbone: Backbone, splits: Any, data_config: Any, channels_last: bool, progress: bool
+) -> tuple[FeatureCache, FeatureCache]:
+    """Caches of the training source (all of it: splits and partial labels do not change the features) and
+    of the test source; one cache serves both when the test set is carved from the training source."""
+    kwargs = extraction_options(data_config, channels_last, progress)
     source_cache = extract_features(backbone, splits.source, **kwargs)
     if splits.test_source is splits.source:
         return source_cache, source_cache

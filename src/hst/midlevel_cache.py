@@ -20,8 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +31,8 @@ from torch.utils.data import DataLoader, Dataset
 from hst.data.base import MultiLabelData
 from hst.data.datasets import InferenceImages
 from hst.data.transforms import build_transform
-from hst.feature_cache import FP16_MAX, FeatureCacheError, feature_cache_fields
-from hst.io import atomic_path, write_text_atomic
+from hst.feature_cache import FeatureCacheError, extraction_options, feature_cache_fields, open_or_write_cache
 from hst.models.backbone import Backbone
-from hst.progress import progress_bar
 
 FRONT_CACHE_FORMAT = 1
 ORIENTATIONS = {"none": ("original",), "flip": ("original", "hflip")}
@@ -78,10 +75,6 @@ def front_cache_fields(
         }
     )
     return fields
-
-
-def _key_of(fields: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode("utf-8")).hexdigest()[:16]
 
 
 def _paths(cache_dir: Path, key: str) -> tuple[Path, Path]:
@@ -158,74 +151,31 @@ def extract_front(
     """Return the front cache of ``backbone`` on ``data`` for training with ``augment``, writing it if needed.
 
     Images go through the eval transform; the mirrored copy is the mirrored transformed image (the flip of the
-    training transform commutes with the resize and the normalisation). The array is written under a temporary
-    name and renamed when complete; the sidecar comes last, so an interrupted run leaves nothing that opens.
+    training transform commutes with the resize and the normalisation); :func:`open_or_write_cache` writes it.
     """
     if not cacheable_augment(augment):
         raise FeatureCacheError(f"data.augment={augment!r} cannot be applied after the backbone's front")
     cache_dir = Path(cache_dir)
-    fields = front_cache_fields(data, backbone, image_size, augment, cache_dir)
-    key = _key_of(fields)
-    existing = FrontCache.open(cache_dir, key)
-    if existing is not None:
-        return existing
-    if len(data) == 0:
-        raise FeatureCacheError(f"{data.source}: no images to extract features from")
-    npy_path, meta_path = _paths(cache_dir, key)
-    transform = build_transform(image_size, "none", backbone.mean, backbone.std)
-    loader = DataLoader(InferenceImages(data, transform), batch_size=batch_size, num_workers=num_workers)
-    device = next(backbone.parameters()).device
     mirrored = len(ORIENTATIONS[augment]) == 2
-    start = time.perf_counter()
-    was_training = backbone.training
-    out: np.ndarray | None = None
-    row = 0
-    try:
-        backbone.eval()
-        with atomic_path(npy_path) as tmp_npy:
-            with torch.inference_mode(), progress_bar(len(data), progress, f"front {key}") as advance:
-                for _, images, _ in loader:
-                    images = images.to(device)
-                    if channels_last:
-                        images = images.contiguous(memory_format=torch.channels_last)
-                    views = [backbone.forward_front(images).float()]
-                    if mirrored:
-                        views.append(backbone.forward_front(torch.flip(images, dims=[-1])).float())
-                    batch = torch.stack(views, dim=1)
-                    if not bool(torch.isfinite(batch).all()) or float(batch.abs().max()) > FP16_MAX:
-                        raise FeatureCacheError(
-                            f"{backbone.name}: front maps of {data.source} rows {row}..{row + len(batch) - 1} are "
-                            "not finite in float16; they cannot be cached"
-                        )
-                    if out is None:
-                        shape = (len(data), *batch.shape[1:])
-                        out = np.lib.format.open_memmap(tmp_npy, mode="w+", dtype=np.float16, shape=shape)
-                    out[row : row + len(batch)] = batch.half().cpu().numpy()
-                    row += len(batch)
-                    advance(len(batch))
-            if out is None or row != len(data):
-                raise FeatureCacheError(f"{data.source}: extracted {row} of {len(data)} images")
-            shape = tuple(int(v) for v in out.shape)
-            out.flush()
-            out = None
-        meta = {
-            **fields,
-            "key": key,
-            "complete": True,
-            "shape": list(shape),
-            "dtype": "float16",
-            "seconds": round(time.perf_counter() - start, 3),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "image_ids": list(data.image_ids),
-        }
-        write_text_atomic(meta_path, json.dumps(meta, indent=1))
-    finally:
-        backbone.train(was_training)
-        out = None
-    opened = FrontCache.open(cache_dir, key)
-    if opened is None:
-        raise FeatureCacheError(f"{npy_path}: the cache just written cannot be opened")
-    return opened
+
+    @torch.inference_mode()
+    def front_maps() -> Generator[torch.Tensor, None, None]:
+        transform = build_transform(image_size, "none", backbone.mean, backbone.std)
+        loader = DataLoader(InferenceImages(data, transform), batch_size=batch_size, num_workers=num_workers)
+        device = next(backbone.parameters()).device
+        for _, images, _ in loader:
+            images = images.to(device)
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            views = [backbone.forward_front(images).float()]
+            if mirrored:
+                views.append(backbone.forward_front(torch.flip(images, dims=[-1])).float())
+            yield torch.stack(views, dim=1)
+
+    fields = front_cache_fields(data, backbone, image_size, augment, cache_dir)
+    return open_or_write_cache(
+        FrontCache.open, _paths, cache_dir, fields, data, backbone, front_maps, "front maps", progress
+    )
 
 
 class FrontFeatureDataset(Dataset):
@@ -277,14 +227,7 @@ def extract_split_fronts(
     """Front caches of the training source (both orientations under ``augment=flip``) and of the test source
     (original orientation only: it is never augmented); one serves both when the test set is carved from the
     training source."""
-    kwargs: dict[str, Any] = {
-        "image_size": data_config.image_size,
-        "cache_dir": Path(data_config.cache_dir),
-        "batch_size": data_config.eval_batch_size,
-        "num_workers": data_config.num_workers,
-        "progress": progress,
-        "channels_last": channels_last,
-    }
+    kwargs = extraction_options(data_config, channels_last, progress)
     source = extract_front(backbone, splits.source, augment=data_config.augment, **kwargs)
     if splits.test_source is splits.source:
         return source, source

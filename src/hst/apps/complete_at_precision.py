@@ -32,7 +32,7 @@ from hst.engine.module import PartialLabelModule
 from hst.io import write_text_atomic
 from hst.labels import LABEL_DTYPE, UNKNOWN
 from hst.methods.calibration import Calibration, clopper_pearson
-from hst.methods.pseudo_label_round import PseudoLabelRound, RoundSettings, pseudo_label_round
+from hst.methods.pseudo_label_round import PseudoLabelRound, completion_settings, pseudo_label_round
 
 
 @dataclass
@@ -217,17 +217,7 @@ def complete_at_precision(
             progress,
         )
         pooled = collected["pooled"]
-    method = module.config.method
-    # Both parts of the score and no cap, whatever the checkpoint's method trained with.
-    settings = RoundSettings.from_method(
-        method,
-        target_precision=precision,
-        negative_precision=precision,
-        negatives=negatives,
-        neighbours=method.cst_neighbours if method.cst_neighbours > 0 else RoundSettings.neighbours,
-        probe=True,
-        positive_cap=1.0,
-    )
+    settings = completion_settings(module.config.method, precision, negatives)
     read = np.asarray(rows)
     result = pseudo_label_round(pooled, partial[read], settings, calibration_labels[read])
     completed = partial.copy()

@@ -31,9 +31,9 @@ from hst.apps.review_loop import ReviewLoop
 from hst.config import ConfigError
 from hst.io import write_text_atomic
 from hst.labels import NEGATIVE, POSITIVE, UNKNOWN
-from hst.methods.pseudo_label_round import RoundSettings
+from hst.methods.pseudo_label_round import RoundSettings, completion_settings
 from hst.methods.question_policy import POLICIES
-from hst.methods.review_update import ReviewModel, completion_settings, update_review_model
+from hst.methods.review_update import ReviewModel, update_review_model
 from hst.metrics import mean_average_precision
 
 ROUND_COLUMNS = (

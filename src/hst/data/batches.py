@@ -17,9 +17,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
+from torchvision.transforms import v2
 
-from hst.data.base import DataError, MultiLabelData
+from hst.data.base import MultiLabelData
+from hst.data.datasets import InferenceImages
 from hst.data.transforms import eval_resize
 
 DECODE_THREADS = 1
@@ -42,8 +44,18 @@ def _lower_priority() -> None:
         pass  # a sandbox that forbids it: decoding just competes at the same priority
 
 
+class RowsOfBatch:
+    """The rows a batch covers: ``rows`` were read, ``skipped`` could not be (with why); its length counts both."""
+
+    rows: list[int]
+    skipped: list[tuple[int, str]]
+
+    def __len__(self) -> int:
+        return len(self.rows) + len(self.skipped)
+
+
 @dataclass
-class PixelBatch:
+class PixelBatch(RowsOfBatch):
     """The rows of one batch that could be read, their pixels, and the rows that could not (with why)."""
 
     rows: list[int]
@@ -51,33 +63,15 @@ class PixelBatch:
     """``B×H×W×3`` uint8, one image per entry of ``rows`` (None when no image of the batch could be read)."""
     skipped: list[tuple[int, str]] = field(default_factory=list)
 
-    def __len__(self) -> int:
-        return len(self.rows) + len(self.skipped)
 
-
-class ResizedImages(Dataset):
+class ResizedImages(InferenceImages):
     """Yields ``(row, H×W×3 uint8 pixels or None, error message)``: the images of ``data`` resized for the network.
 
-    With ``catch_errors`` an unreadable image gives ``(row, None, message)``; otherwise its
-    :class:`~hst.data.base.DataError` propagates. Picklable for DataLoader workers.
+    Unreadable images as in :class:`~hst.data.datasets.InferenceImages`. Picklable for DataLoader workers.
     """
 
     def __init__(self, data: MultiLabelData, image_size: int, catch_errors: bool = False) -> None:
-        self.data = data
-        self.resize = eval_resize(image_size)
-        self.catch_errors = catch_errors
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def __getitem__(self, index: int) -> tuple[int, np.ndarray | None, str]:
-        try:
-            image = self.data.load_image(index)
-        except DataError as error:
-            if not self.catch_errors:
-                raise
-            return index, None, str(error)
-        return index, np.asarray(self.resize(image)), ""
+        super().__init__(data, v2.Compose([eval_resize(image_size), np.asarray]), catch_errors)
 
 
 def _collate(items: list[tuple[int, np.ndarray | None, str]]) -> PixelBatch:

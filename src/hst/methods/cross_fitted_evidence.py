@@ -48,7 +48,7 @@ def _folds(num: int, folds: int, seed: int) -> np.ndarray:
     return fold
 
 
-def _fit_probe(x: torch.Tensor, labels: torch.Tensor, decay: float, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+def fit_probe(x: torch.Tensor, labels: torch.Tensor, decay: float, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Weights and biases of a linear probe fit by L-BFGS to the known entries of ``labels`` (mean BCE + decay)."""
     known = labels != 0
     target = (labels > 0).float()
@@ -90,7 +90,7 @@ def cross_fitted_probe(
             logits = torch.zeros(y.shape, dtype=torch.float32)
             for f in range(folds):
                 held = fold == f
-                weight, bias = _fit_probe(x[~held], y[~held], decay, steps)
+                weight, bias = fit_probe(x[~held], y[~held], decay, steps)
                 logits[held] = x[held] @ weight + bias
             known = y != 0
             loss = torch.nn.functional.binary_cross_entropy_with_logits(logits[known], (y[known] > 0).float()).item()

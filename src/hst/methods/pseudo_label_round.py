@@ -55,6 +55,20 @@ class RoundSettings:
         return dataclasses.replace(settings, **overrides)
 
 
+def completion_settings(method: MethodConfig, precision: float, negatives: bool = True) -> RoundSettings:
+    """The settings of ``hst complete --precision P``: both parts of the score, both polarities at P, no cap,
+    whatever ``method`` trained with."""
+    return RoundSettings.from_method(
+        method,
+        target_precision=precision,
+        negative_precision=precision,
+        negatives=negatives,
+        neighbours=method.cst_neighbours if method.cst_neighbours > 0 else RoundSettings.neighbours,
+        probe=True,
+        positive_cap=1.0,
+    )
+
+
 @dataclass
 class PseudoLabelRound:
     targets: np.ndarray

@@ -22,26 +22,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from hst.config import MethodConfig
 from hst.labels import LABEL_DTYPE, UNKNOWN
-from hst.methods.cross_fitted_evidence import _fit_probe  # the probe the round cross-fits, fit once to all entries
+from hst.methods.cross_fitted_evidence import fit_probe  # the probe the round cross-fits, fit once to all entries
 from hst.methods.pseudo_label_round import PseudoLabelRound, RoundSettings, pseudo_label_round
 
 PROBE_STEPS = 100
 """L-BFGS iterations of the probe fit to all known entries (the cross-fitted probes use as many)."""
-
-
-def completion_settings(method: MethodConfig, precision: float) -> RoundSettings:
-    """The settings of ``hst complete --precision P``: both parts of the score, both polarities at P, no cap."""
-    return RoundSettings.from_method(
-        method,
-        target_precision=precision,
-        negative_precision=precision,
-        negatives=True,
-        neighbours=method.cst_neighbours if method.cst_neighbours > 0 else RoundSettings.neighbours,
-        probe=True,
-        positive_cap=1.0,
-    )
 
 
 @dataclass
@@ -100,7 +86,7 @@ def update_review_model(
     mean, std = x.mean(0), np.maximum(x.std(0), 1e-6)
     with torch.random.fork_rng():
         torch.manual_seed(settings.seed)
-        weight, bias = _fit_probe(
+        weight, bias = fit_probe(
             torch.from_numpy((x - mean) / std),
             torch.as_tensor(labels.astype(np.int64)),
             result.evidence.probe_decay,

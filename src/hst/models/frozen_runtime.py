@@ -32,7 +32,7 @@ from torch import nn
 
 from hst.config import ConfigError
 from hst.data.base import MultiLabelData
-from hst.data.batches import PixelBatches
+from hst.data.batches import PixelBatches, RowsOfBatch
 from hst.data.transforms import normalize_pixels
 from hst.io import atomic_path
 from hst.models.backbone import Backbone
@@ -275,15 +275,12 @@ def frozen_runner(
 
 
 @dataclass
-class FeatureBatch:
+class FeatureBatch(RowsOfBatch):
     """Backbone feature maps (``B×F×h×w`` float32) of ``rows``, and the rows that could not be read (with why)."""
 
     rows: list[int]
     features: torch.Tensor | None
     skipped: list[tuple[int, str]] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.rows) + len(self.skipped)
 
 
 def frozen_features(
