@@ -1,7 +1,8 @@
 """``hst report``: one self-contained HTML page of a run's (or a benchmark's) curves, metrics and config.
 
 A run directory holds ``config.yaml``, ``metrics.json``, ``summary.txt`` and ``csv/metrics.csv``; a benchmark
-directory holds ``results.csv`` (and ``runs/``). The page embeds every figure as a base64 PNG so that the single
+directory holds ``results.csv`` (and ``runs/``); an ``hst simulate-review`` folder holds ``POLICY-sSEED/rounds.csv``
+(:mod:`hst.apps.report_review`). The page embeds every figure as a base64 PNG so that the single
 ``report.html`` still works when moved; the PNG files are written beside it and linked too.
 """
 
@@ -29,6 +30,7 @@ from hst.apps.report_figures import (
     pseudo_figure,
     threshold_figure,
 )
+from hst.apps.report_review import TABLE_FILES, is_review_folder, review_report
 from hst.apps.results import aggregate, proportion_figure, read_results_table
 from hst.io import write_text_atomic
 
@@ -40,6 +42,7 @@ FIGURE_FILES = {
     "thresholds": "thresholds.png",
     "pseudo_labels": "pseudo_labels.png",
     "map_vs_proportion": "map_vs_proportion.png",
+    "review_curve": "review_curve.png",
 }
 
 
@@ -338,6 +341,15 @@ def _benchmark_page(bench_dir: Path, out_dir: Path) -> _Page:
     return _Page(f"Benchmark report: {bench_dir.resolve().name}", header, sections, extra, notes)
 
 
+def _review_page(folder: Path, out_dir: Path, entries: int | None, start: float | None) -> _Page:
+    path = out_dir / FIGURE_FILES["review_curve"]
+    review = review_report(folder, path, entries, start)
+    header = f"<p class='path'>{html.escape(str(folder))}</p>\n" + _table(review.facts)
+    section = _Section("review_curve", "Test mAP vs answers, per question policy", path, review.caption)
+    extra = "".join(f"<h2>{html.escape(title)}</h2>" + _table(rows, head) for title, head, rows in review.tables)
+    return _Page(f"Review simulation report: {folder.resolve().name}", header, [section], extra, review.notes)
+
+
 # ---- page ------------------------------------------------------------------------------------------------------
 
 
@@ -395,16 +407,22 @@ def _kind(run_dir: Path) -> str:
         raise ValueError(f"{run_dir}: not a directory (expected a run or benchmark directory)")
     if (run_dir / "results.csv").is_file():
         return "benchmark"
+    if is_review_folder(run_dir):
+        return "review"
     if (run_dir / "config.yaml").is_file() or (run_dir / "csv" / "metrics.csv").is_file():
         return "run"
     raise FileNotFoundError(
         f"{run_dir}: not a run directory (no config.yaml or csv/metrics.csv) "
-        "and not a benchmark directory (no results.csv)"
+        "nor a benchmark directory (no results.csv) nor an hst simulate-review folder (no POLICY-sSEED/rounds.csv)"
     )
 
 
-def build_report(run_dir: Path, out_dir: Path | None = None) -> Path:
-    """Write ``report.html`` and its PNG figures for a run or benchmark directory; return the HTML's path.
+def build_report(
+    run_dir: Path, out_dir: Path | None = None, entries: int | None = None, start_proportion: float | None = None
+) -> Path:
+    """Write ``report.html`` and its PNG figures for a run, benchmark or simulate-review folder; return the HTML's
+    path. ``entries`` and ``start_proportion`` place a simulate-review folder's random-proportion curve (see
+    :mod:`hst.apps.report_review`); other folders ignore them.
 
     ``out_dir`` defaults to ``run_dir / "report"``. Raises FileNotFoundError or ValueError (naming the path and
     what is missing or wrong) when ``run_dir`` is neither a run directory nor a benchmark directory.
@@ -413,7 +431,12 @@ def build_report(run_dir: Path, out_dir: Path | None = None) -> Path:
     kind = _kind(run_dir)
     out_dir = Path(out_dir) if out_dir is not None else run_dir / "report"
     out_dir.mkdir(parents=True, exist_ok=True)
-    page = _benchmark_page(run_dir, out_dir) if kind == "benchmark" else _run_page(run_dir, out_dir)
+    if kind == "review":
+        page = _review_page(run_dir, out_dir, entries, start_proportion)
+    else:
+        page = _benchmark_page(run_dir, out_dir) if kind == "benchmark" else _run_page(run_dir, out_dir)
+        for name in TABLE_FILES:
+            (out_dir / name).unlink(missing_ok=True)  # a review table of an earlier report would sit there, stale
     written = {s.path for s in page.sections if s.path is not None}
     for name in FIGURE_FILES.values():
         # A figure of an earlier report that this one left out would otherwise sit beside the page, stale.

@@ -270,7 +270,10 @@ def simulate_review(config: Any, options: SimulateReviewOptions, out: Path, prog
         first = update_review_model(data.train, train.labels, train.labels, settings)
         for policy in options.policies:
             name = f"{policy}+unfilled" if options.skip_filled else policy
+            # entries and the starting proportion place the random-proportion curve in ``hst report``
+            start = None if config.data.partial_labels else config.data.proportion
             meta = {"policy": name, "seed": seed, "budget": budget, **dataclasses.asdict(options)}
+            meta |= {"entries": int(train.labels.size), "proportion": start}
             writer = _writer(out / f"{name}-s{seed}", meta, data)
             run = simulate(
                 SimulationData.of(data),
