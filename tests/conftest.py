@@ -40,3 +40,36 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def review_manifests(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Synthetic images as PNG files: (full labels, partial labels), for the review page's tests."""
+    try:
+        from tiny_run import write_image_manifests
+    except ImportError:  # tests collected as a package
+        from tests.tiny_run import write_image_manifests
+
+    return write_image_manifests(tmp_path_factory.mktemp("images"))
+
+
+@pytest.fixture(scope="session")
+def review_checkpoint(tmp_path_factory: pytest.TempPathFactory, review_manifests: tuple[Path, Path]) -> Path:
+    """A tiny model trained on ``review_manifests``, shared by the review tests (training it is their slowest part)."""
+    try:
+        from tiny_run import tiny_checkpoint
+    except ImportError:  # tests collected as a package
+        from tests.tiny_run import tiny_checkpoint
+
+    labels, partial = review_manifests
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the modules that use it: the same checkpoint whichever asks first
+    try:
+        # The published thresholds give per-image IST and CST evidence to show; the calibrated rule scores a whole
+        # dataset at once (hst complete --precision) and shows none on the page.
+        return tiny_checkpoint(
+            tmp_path_factory.mktemp("run"),
+            [f"data.train=csv:{labels}", f"data.partial_labels={partial}", "method.name=hst_dtl"],
+        )
+    finally:
+        torch.set_num_threads(before)

@@ -132,12 +132,12 @@ def test_command_line(module: PartialLabelModule, partial_csv: Path, folder: Pat
 def test_cached_features_match_the_network(module: PartialLabelModule, partial_csv: Path, folder: Path) -> None:
     """The fast path (pooled features from the frozen-backbone cache) against the plain one (the network)."""
     from hst.apps.complete import load_partial
-    from hst.apps.complete_at_precision import _cached_pooled, _label_free_module
+    from hst.apps.complete_at_precision import _cached_pooled, label_free_module
     from hst.apps.inference import run_network
 
     images, _, _ = load_partial(partial_csv, DATA)
     images = images.subset(np.arange(40))
-    label_free, _ = _label_free_module(module)
+    label_free, _ = label_free_module(module)
     rows, cached, _ = _cached_pooled(label_free, images, 96, 16, False, folder / "cache")
     _, plain, _ = run_network(label_free, images, lambda out, _rows: {"pooled": out.pooled}, 16, "error", 96)
     assert rows == list(range(40))

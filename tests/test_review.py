@@ -16,7 +16,7 @@ import threading
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -34,9 +34,9 @@ from hst.review.session import ReviewSession, Suggestion, log_path, order, value
 from hst.review.suggest import open_review, promise_lines
 
 try:
-    from tiny_run import TINY, tiny_checkpoint, write_image_manifests
+    from tiny_run import TINY
 except ImportError:  # tests collected as a package
-    from tests.tiny_run import TINY, tiny_checkpoint, write_image_manifests
+    from tests.tiny_run import TINY
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -45,19 +45,13 @@ HOST = {"Host": "127.0.0.1:5000"}
 
 
 @pytest.fixture(scope="module")
-def manifests(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    return write_image_manifests(tmp_path_factory.mktemp("images"))
+def manifests(review_manifests: tuple[Path, Path]) -> tuple[Path, Path]:
+    return review_manifests
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory, manifests: tuple[Path, Path]) -> Path:
-    labels, partial = manifests
-    # The published thresholds give per-image IST and CST evidence to show; the calibrated rule scores a whole
-    # dataset at once (hst complete --precision) and shows none on the page.
-    return tiny_checkpoint(
-        tmp_path_factory.mktemp("run"),
-        [f"data.train=csv:{labels}", f"data.partial_labels={partial}", "method.name=hst_dtl"],
-    )
+def checkpoint(review_checkpoint: Path) -> Path:
+    return review_checkpoint
 
 
 @pytest.fixture
@@ -265,7 +259,7 @@ def test_bad_outputs_are_refused(checkpoint: Path, manifests: tuple[Path, Path],
     with pytest.raises(ConfigError, match="--precision"):
         open_review(checkpoint, manifests[1], tmp_path / "p.csv", precision=1.5)
     assert not (tmp_path / "p.csv").exists()
-    for option in (["--positives-only"], ["--calibrate-on", str(manifests[1])]):
+    for option in (["--positives-only"], ["--calibrate-on", str(manifests[1]), "--round-size", "0"]):
         assert main(["review", str(checkpoint), str(manifests[1]), "--out", str(tmp_path / "q.csv"), *option]) == 2
 
 
@@ -380,11 +374,12 @@ def browser_binaries() -> tuple[str, str]:
 class Server:
     """``hst review`` running in its own process, as a person starts it."""
 
-    def __init__(self, checkpoint: Path, partial: Path, out: Path, *options: str) -> None:
+    def __init__(
+        self, checkpoint: Path, partial: Path, out: Path, *options: str, launch: Sequence[str] = ("-m", "hst.cli")
+    ) -> None:
         command = [
             sys.executable,
-            "-m",
-            "hst.cli",
+            *launch,
             "review",
             str(checkpoint),
             str(partial),
@@ -580,7 +575,7 @@ def test_review_page_in_headless_chromium(
 
     with chromium(tmp_path / "profile") as driver:
         load(driver, server.url)
-        assert body_data(driver, "current") == order_seen[0]  # the most doubtful suggestion comes first
+        assert body_data(driver, "current") == order_seen[0]  # the server's first question comes first
         assert not driver.find_element(By.ID, "promise").is_displayed()  # no --precision, no promise
         shortcuts = driver.find_element(By.ID, "keys").text
         assert "accept" in shortcuts and "reject" in shortcuts and "undo" in shortcuts
@@ -633,7 +628,7 @@ def test_precision_review_page_states_the_promise(server_factory: Callable[..., 
 
     browser_binaries()  # before the server starts
     out = tmp_path / "reviewed.csv"
-    server = server_factory(out, "--precision", str(P))
+    server = server_factory(out, "--precision", str(P), "--round-size", "0")  # no loop: suggestions first
     assert any(line.startswith(f"suggestions at precision {P:g}") for line in server.output)
     state = get_json(f"{server.url}api/state")
     names, promise = state["classes"], state["promise"]

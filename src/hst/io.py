@@ -164,6 +164,12 @@ def atomic_write(
             stream.flush()
 
 
+def sidecar_path(main_file: Path | str, suffix: str) -> Path:
+    """``reviewed.csv`` + ``model.json`` → ``reviewed.model.json``: a file that belongs to another, beside it."""
+    main = Path(main_file)
+    return main.with_name(f"{main.stem}.{suffix}")
+
+
 def write_text_atomic(target: Path | str, text: str, newline: str | None = None) -> None:
     with atomic_write(target, "w", newline=newline) as stream:
         stream.write(text)

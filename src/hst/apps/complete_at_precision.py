@@ -115,7 +115,7 @@ def classes_path(out_csv: Path) -> Path:
     return out_csv.with_name(out_csv.stem + ".classes.csv")
 
 
-def _label_free_module(module: PartialLabelModule) -> tuple[PartialLabelModule, str]:
+def label_free_module(module: PartialLabelModule) -> tuple[PartialLabelModule, str]:
     """The checkpoint's module with its backbone back at its pretrained weights when training changed them, and a
     note when that is impossible (a backbone trained from random weights)."""
     if module.config.model.trainable == "none":
@@ -201,7 +201,7 @@ def complete_at_precision(
         if changed.any():
             raise DataError(f"{calibrate_on}: {int(changed.sum())} known labels differ from {partial_labels}")
         calibration_labels = before.labels
-    network_module, note = _label_free_module(module)
+    network_module, note = label_free_module(module)
     if on_error == "error" and device == "cpu":
         rows, pooled, skipped = _cached_pooled(network_module, images, image_size, batch_size, progress, cache_dir)
     else:

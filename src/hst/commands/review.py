@@ -9,8 +9,10 @@ from hst.commands import CHECKPOINT_HELP, add_evidence_argument, add_inference_a
 
 HELP = (
     "serve a local page (127.0.0.1) where a person accepts or rejects the labels a "
-    "checkpoint suggests; every decision is saved at once to the output manifest"
+    "checkpoint suggests; every decision is saved at once, and every round of them updates the model that ranks "
+    "the questions"
 )
+ROUND_SIZE = 130  # hst.review.loop.ROUND_SIZE, here so that --help does not import the review's dependencies
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,11 +46,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "entries the rule leaves unknown come last with no suggestion (replaces --threshold and --no-evidence)",
     )
     parser.add_argument(
+        "--round-size",
+        dest="round_size",
+        type=int,
+        default=ROUND_SIZE,
+        help="answers per round: after each round the model is updated from the backbone's pooled features in the "
+        f"background and the open questions are re-ranked ({ROUND_SIZE}, the round size docs/review-loop.md "
+        "measured; 0: no loop, the checkpoint's order, most doubtful first)",
+    )
+    parser.add_argument(
+        "--policy",
+        default=None,
+        help="question policy that ranks the open questions: random, uncertain, positive, rarest, image, mix "
+        "(default: rarest, the one docs/review-loop.md measured best)",
+    )
+    parser.add_argument(
         "--calibrate-on",
         dest="calibrate_on",
         default=None,
-        help="with --precision, when the input was itself reviewed: the file as it was before that review; only "
-        "its (randomly chosen) known labels calibrate the rule",
+        help="when the input was itself reviewed: the file as it was before that review; only its (randomly "
+        "chosen) known labels calibrate the rule of --precision and the loop's model",
     )
     parser.add_argument(
         "--positives-only",
@@ -69,8 +86,16 @@ def run(args: argparse.Namespace) -> int:
     if not 0 <= args.port <= 65535:
         print(f"error: --port must be in 0..65535, got {args.port}", file=sys.stderr)
         return 2
-    if args.precision is None and (args.calibrate_on is not None or args.positives_only):
-        print("error: --calibrate-on and --positives-only go with --precision", file=sys.stderr)
+    from hst.methods.question_policy import DEFAULT_POLICY, POLICIES
+
+    if args.precision is None and args.positives_only:
+        print("error: --positives-only goes with --precision", file=sys.stderr)
+        return 2
+    if args.precision is None and args.round_size == 0 and args.calibrate_on is not None:
+        print("error: --calibrate-on goes with --precision or the loop (--round-size > 0)", file=sys.stderr)
+        return 2
+    if args.round_size < 0 or (args.policy is not None and args.policy not in POLICIES):
+        print(f"error: --round-size must be ≥ 0 and --policy one of {', '.join(POLICIES)}", file=sys.stderr)
         return 2
     session = open_review(
         Path(args.checkpoint),
@@ -81,6 +106,8 @@ def run(args: argparse.Namespace) -> int:
         precision=args.precision,
         calibrate_on=args.calibrate_on,
         negatives=not args.positives_only,
+        round_size=args.round_size,
+        policy=args.policy or DEFAULT_POLICY,
         batch_size=args.batch_size,
         on_error="skip",
         device=args.device,
@@ -99,6 +126,16 @@ def run(args: argparse.Namespace) -> int:
     if session.skipped:
         print(f"skipped {len(session.skipped)} unreadable images (no suggestions for them)", file=sys.stderr)
     print(f"saving every decision to {session.out_csv} and {session.log_path}")
+    loop = session.loop_status()
+    if loop is not None:
+        import torch
+
+        # the updates' small probe fits fastest on one thread, and a core stays free for the page's requests
+        torch.set_num_threads(1)
+        print(
+            f"model v{loop['version']} (trained on {loop['learnt']} answers) ranks the questions with the "
+            f"{loop['policy']!r} policy; it is updated after every {loop['round_size']} answers"
+        )
 
     def announce(url: str) -> None:
         print(f"review page: {url}\n(Ctrl-C stops the server; every decision is saved as it is made)", flush=True)

@@ -82,7 +82,12 @@ def create_app(session: ReviewSession, token: str) -> Flask:
 
     @app.get(f"{prefix}/api/state")
     def state() -> Any:
-        return jsonify(session.state())
+        return Response(session.state_json(), mimetype="application/json")
+
+    @app.get(f"{prefix}/api/loop")
+    def loop() -> Any:
+        # polled by the page: which model ranks it, and whether an update runs
+        return jsonify(session.loop_status())
 
     @app.post(f"{prefix}/api/decide")
     def decide() -> Any:
@@ -123,7 +128,11 @@ def serve(
     threads: int = 4,
 ) -> None:
     """Serve the review until interrupted; ``announce`` gets the URL to open."""
+    import gc
+
     server, url = make_server(session, port, token, threads)
+    # the review's many objects live as long as the server: no collection should walk them during a request
+    gc.freeze()
     announce(url)
     try:
         server.run()

@@ -23,6 +23,10 @@ undone) is appended to the decision log (``OUT.decisions.jsonl``, one JSON objec
 reviewed manifest ``OUT`` is rewritten atomically (a uniquely named temporary file in the same folder, fsync,
 rename). The log is the record: opening a review whose log exists replays it, so a killed server or a closed
 browser loses nothing. Entries known in the input are never changed and the input file is never written.
+
+With a loop attached (:mod:`hst.review.loop`, ``hst review --round-size``), each decision reaches the loop only
+after it is saved, and the page's order is the loop's latest ranking: the open entries most wanted first, one by
+one, then the rest in the order above.
 """
 
 from __future__ import annotations
@@ -35,13 +39,17 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from hst.config import ConfigError
 from hst.data.base import MultiLabelData
+from hst.io import sidecar_path
 from hst.labels import LABEL_DTYPE, NEGATIVE, POSITIVE, UNKNOWN
+
+if TYPE_CHECKING:
+    from hst.review.loop import LiveLoop, Ranking
 
 ACTIONS = ("accept", "reject", "unknown")
 UNDO = "undo"
@@ -49,7 +57,7 @@ UNDO = "undo"
 
 def log_path(out_csv: Path) -> Path:
     """``reviewed.csv`` → ``reviewed.decisions.jsonl``."""
-    return out_csv.with_name(f"{out_csv.stem}.decisions.jsonl")
+    return sidecar_path(out_csv, "decisions.jsonl")
 
 
 @dataclass(frozen=True)
@@ -166,6 +174,7 @@ class ReviewSession:
         self.partial = data.labels.copy()
         self.suggestions = list(suggestions)
         self.ranks = entry_ranks(self.suggestions)
+        self._rows = [s.row() for s in self.suggestions]  # the page's form, built once: state() sends them all
         self.order = order(self.suggestions, self.ranks)
         self.promise = promise
         """What ``--precision`` promises, per class (:func:`hst.review.suggest.promise_of`); None without it."""
@@ -184,6 +193,13 @@ class ReviewSession:
         self._stack: list[dict[str, Any]] = []
         self.ignored: list[str] = []
         """Log lines that were not applied on resume, with the reason."""
+        self._page: tuple[int | None, str] | None = None
+        """(ranking version, the suggestions' JSON in its order): the latest :meth:`page_json`."""
+        self._known: list[list[list[int]]] | None = None
+        self._column: list[str] | None = None
+        """The reviewed manifest's image cells (computed at its first write)."""
+        self.live: LiveLoop | None = None
+        """The loop that learns from the decisions and ranks the page (None: the order above, fixed)."""
         self._check_paths()
         self._replay()
         self._append({"event": "open", **(meta or {})})
@@ -219,11 +235,36 @@ class ReviewSession:
         from hst.data.readers import write_csv_manifest
 
         out = self.out_csv
-        # Same folder: the input's cells verbatim (image ids stay the same); elsewhere: paths relative to OUT.
-        same_folder = out.parent.resolve() == self.input_csv.parent.resolve()
-        column = self.cells if same_folder or self.data.image_paths is None else None
-        write_csv_manifest(self.data.with_labels(self.labels()), out, image_column=column)
+        if self._column is None:
+            from hst.data.readers.manifest import image_cells  # the cells write_csv_manifest would write
+
+            # Same folder: the input's cells verbatim (image ids stay the same); elsewhere: paths relative to OUT.
+            same_folder = out.parent.resolve() == self.input_csv.parent.resolve()
+            given = self.cells if same_folder or self.data.image_paths is None else None
+            # once: resolving thousands of image paths at every decision would cost most of its time
+            self._column = image_cells(self.data, out, given)
+        write_csv_manifest(self.data.with_labels(self.labels()), out, image_column=self._column)
         _fsync_dir(out.parent)
+
+    def attach(self, live: LiveLoop) -> None:
+        """Let ``live`` learn from every decision (those replayed first) and rank the page; starts it."""
+        with self._lock:
+            for where, (_, value) in self._decisions.items():
+                live.record(where, value)
+            live.on_ranking = self.page_json  # encoded in the update's thread, before the ranking serves
+            self.live = live
+        live.start()
+
+    def _tell_loop(self, where: tuple[int, int]) -> None:
+        # called once the decision is on disk: an update never holds an answer that is not saved
+        if self.live is None:
+            return
+        found = self._decisions.get(where)
+        self.live.record(where, None if found is None else found[1])
+        self.live.maybe_update()
+
+    def loop_status(self) -> dict[str, Any] | None:
+        return None if self.live is None else self.live.status()
 
     # ---- decisions -----------------------------------------------------------------------------------
     def _replay(self) -> None:
@@ -302,7 +343,9 @@ class ReviewSession:
             )
             self._apply(where, action, value)
             self._write_manifest()
-            return {"image": where[0], "label": where[1], "action": action, "value": value, **self.progress()}
+            self._tell_loop(where)
+            found = {"image": where[0], "label": where[1], "action": action, "value": value}
+            return {**found, **self.progress(), "loop": self.loop_status()}
 
     def undo(self) -> dict[str, Any]:
         """Revert the latest decision not yet undone; ``image``/``label`` are None when there is none."""
@@ -313,8 +356,10 @@ class ReviewSession:
             where = self._pop()
             assert where is not None
             self._write_manifest()
+            self._tell_loop(where)
             action, value = self._decisions.get(where, (None, UNKNOWN))
-            return {"image": where[0], "label": where[1], "action": action, "value": value, **self.progress()}
+            found = {"image": where[0], "label": where[1], "action": action, "value": value}
+            return {**found, **self.progress(), "loop": self.loop_status()}
 
     def decisions(self) -> dict[tuple[int, int], tuple[str, int]]:
         with self._lock:
@@ -327,22 +372,49 @@ class ReviewSession:
         return {"decided": len(self._decisions), "total": len(self.suggestions), "counts": counts}
 
     # ---- page data -----------------------------------------------------------------------------------
+    def page_order(self, ranking: Ranking | None = None) -> list[int]:
+        """Indices of the suggestions in the page's order: ``ranking`` (the loop's) first when there is one."""
+        if ranking is None:
+            return self.order
+        ranked = [self._index[entry] for entry in ranking.order if entry in self._index]
+        seen = set(ranked)
+        return ranked + [k for k in self.order if k not in seen]
+
+    def page_json(self, ranking: Ranking | None = None) -> str:
+        """The suggestions in the page's order as JSON, each row ending with its entry rank (the page orders what
+        its filters keep by it); built once per ranking, since thousands of rows take a while to encode."""
+        version = None if ranking is None else ranking.version
+        cached = self._page
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        if self.live is None:
+            rows = [[*self._rows[k], self.ranks[k]] for k in self.order]
+        else:
+            rows = [[*self._rows[k], place] for place, k in enumerate(self.page_order(ranking))]
+        text = json.dumps(rows, separators=(",", ":"))
+        self._page = (version, text)
+        return text
+
     def state(self) -> dict[str, Any]:
         """Everything the page shows, as JSON-ready values."""
+        return dict(json.loads(self.state_json()))
+
+    def state_json(self) -> str:
+        """:meth:`state` as the JSON text the page receives."""
         with self._lock:
             decisions = dict(self._decisions)
             progress = self.progress()
             undoable = bool(self._stack)
-        known = [
-            [[int(c), int(self.partial[i, c])] for c in np.nonzero(self.partial[i] != UNKNOWN)[0]]
-            for i in range(len(self.cells))
-        ]
-        return {
+            ranking, loop = (None, None) if self.live is None else self.live.current()
+        if self._known is None:
+            self._known = [
+                [[int(c), int(self.partial[i, c])] for c in np.nonzero(self.partial[i] != UNKNOWN)[0]]
+                for i in range(len(self.cells))
+            ]
+        found = {
             "classes": list(self.data.class_names),
             "images": self.cells,
-            "known": known,
-            # each row ends with its entry rank: the page orders what its filters keep by it
-            "suggestions": [[*self.suggestions[k].row(), self.ranks[k]] for k in self.order],
+            "known": self._known,
             "decisions": [[i, c, action, value] for (i, c), (action, value) in decisions.items()],
             "evidence": self.evidence,
             "promise": self.promise,
@@ -350,7 +422,9 @@ class ReviewSession:
             "undoable": undoable,
             "output": str(self.out_csv),
             "log": str(self.log_path),
+            "loop": loop,
         }
+        return json.dumps(found, separators=(",", ":"))[:-1] + ',"suggestions":' + self.page_json(ranking) + "}"
 
     def image_path(self, row: int) -> Path | None:
         """The file of image ``row`` (None when the data has no files or the row does not exist)."""

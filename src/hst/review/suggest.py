@@ -29,6 +29,7 @@ import numpy as np
 from hst.config import ConfigError
 from hst.data.base import DataError, MultiLabelData
 from hst.labels import POSITIVE, UNKNOWN
+from hst.methods.question_policy import DEFAULT_POLICY
 from hst.review.session import ReviewSession, Suggestion, log_path
 
 if TYPE_CHECKING:
@@ -184,6 +185,8 @@ def open_review(
     precision: float | None = None,
     calibrate_on: str | Path | None = None,
     negatives: bool = True,
+    round_size: int = 0,
+    policy: str = DEFAULT_POLICY,
     **run: Unpack[RunOptions],
 ) -> ReviewSession:
     """Run ``checkpoint`` over the images of ``partial_csv`` and open (or resume) the review writing ``out_csv``.
@@ -191,7 +194,8 @@ def open_review(
     ``precision``: suggest with the calibrated rule at that precision (``threshold`` and ``evidence`` belong to the
     confidence rule and are then unused); ``calibrate_on`` and ``negatives`` as for ``hst complete --precision``.
     ``run``: how the images are read (:func:`hst.apps.inference.run_network`); unreadable ones are skipped unless
-    ``on_error`` says otherwise.
+    ``on_error`` says otherwise. ``round_size`` > 0: attach the loop (:mod:`hst.review.loop`), which updates the
+    model after every ``round_size`` decisions and ranks the page with ``policy``; ``calibrate_on`` calibrates it.
     """
     from hst.engine.module import PartialLabelModule
 
@@ -202,10 +206,10 @@ def open_review(
     if out.suffix.lower() != ".csv":
         raise ConfigError(f"--out must be a .csv file (a CSV manifest), got {out}")
     data = _read_manifest(given)
-    if precision is not None and calibrate_on is None and log_path(given).exists():
+    if (precision is not None or round_size > 0) and calibrate_on is None and log_path(given).exists():
         raise ConfigError(
             f"{given} was itself reviewed ({log_path(given)} exists): a person's answers are not a random sample, "
-            "so the precision would not hold; pass --calibrate-on with the file as it was before that review"
+            "so they must not calibrate; pass --calibrate-on with the file as it was before that review"
         )
     module = PartialLabelModule.from_checkpoint(Path(checkpoint))
     meta: dict[str, Any] = {"checkpoint": str(checkpoint), "input": str(given)}
@@ -223,23 +227,36 @@ def open_review(
         meta.update(suggestions=len(suggestions), precision=precision, calibrated_on=promise["calibrated_on"])
         rule = [f"cross-fitted score calibrated to precision {precision:g}"]
         cells = list(data.image_ids)
-        return ReviewSession(data, cells, suggestions, out, given, rule, meta, completion.skipped, promise)
-    from hst.apps.complete import complete
+        session = ReviewSession(data, cells, suggestions, out, given, rule, meta, completion.skipped, promise)
+    else:
+        from hst.apps.complete import complete
 
-    with tempfile.TemporaryDirectory(prefix="hst-review-") as scratch:
-        # complete writes its own filled manifest; the review keeps only the numbers.
-        result = complete(
-            module,
-            given,
-            Path(scratch) / "filled.csv",
-            min_confidence=0.5,
-            threshold=threshold,
-            evidence=evidence,
-            **run,
-        )
-    suggestions = suggestions_from(result, module)
-    meta["suggestions"] = len(suggestions)
-    return ReviewSession(data, result.images, suggestions, out, given, result.evidence, meta, result.skipped)
+        with tempfile.TemporaryDirectory(prefix="hst-review-") as scratch:
+            # complete writes its own filled manifest; the review keeps only the numbers.
+            result = complete(
+                module,
+                given,
+                Path(scratch) / "filled.csv",
+                min_confidence=0.5,
+                threshold=threshold,
+                evidence=evidence,
+                **run,
+            )
+        suggestions = suggestions_from(result, module)
+        meta["suggestions"] = len(suggestions)
+        session = ReviewSession(data, result.images, suggestions, out, given, result.evidence, meta, result.skipped)
+    if round_size > 0:
+        from hst.review.loop import open_loop
+
+        before = None
+        if calibrate_on is not None:
+            before = _read_manifest(Path(calibrate_on)).labels
+            if before.shape != data.labels.shape:
+                raise ConfigError(f"--calibrate-on {calibrate_on}: must have the rows and classes of {given}")
+        reading = ("batch_size", "device", "image_size", "num_workers", "progress")
+        options = {k: v for k, v in run.items() if k in reading}
+        open_loop(session, module, Path(checkpoint), round_size, policy, precision, before, **options)
+    return session
 
 
 __all__ = ["open_review", "precision_suggestions", "promise_lines", "promise_of", "suggestions_from"]

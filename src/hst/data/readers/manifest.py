@@ -181,7 +181,7 @@ def read_jsonl_manifest(path: Path, class_names: list[str] | None = None) -> Mul
     )
 
 
-def _image_cells(data: MultiLabelData, path: Path, image_column: list[str] | None) -> list[str]:
+def image_cells(data: MultiLabelData, path: Path, image_column: list[str] | None) -> list[str]:
     """What goes into the ``image`` column: given cells, paths relative to the file, or image ids."""
     if image_column is not None:
         if len(image_column) != len(data):
@@ -203,7 +203,7 @@ def _image_cells(data: MultiLabelData, path: Path, image_column: list[str] | Non
 def write_csv_manifest(data: MultiLabelData, path: Path, image_column: list[str] | None = None) -> None:
     """Write ``data`` as a CSV manifest (values 1 / -1 / 0), atomically: the file is complete or untouched."""
     path = Path(path)
-    cells = _image_cells(data, path, image_column)
+    cells = image_cells(data, path, image_column)
     first: dict[str, int] = {}
     for row, cell in enumerate(cells):
         if not cell.strip():

@@ -1,5 +1,7 @@
 // hst review: keyboard-driven accept / reject / unknown of suggested labels. Every decision is sent to the
-// server at once (it writes the manifest and the decision log); this page keeps no state of its own.
+// server at once (it writes the manifest and the decision log); this page keeps no state of its own. With the
+// loop on, the server re-ranks the questions after every round of answers: the page polls which model ranks it
+// and takes the new order when the version changes.
 "use strict";
 
 const S = { I: 0, C: 1, V: 2, CONF: 3, P: 4, TAU: 5, IST: 6, IST_VOTE: 7, CST: 8, CST_VOTE: 9, SCORE: 10, RANK: 11 };
@@ -12,7 +14,10 @@ const view = {
   pos: 0,
   progress: null,
   chain: Promise.resolve(),  // key presses run one after the other, each on the cursor its predecessor left
+  version: null,         // the model version that ranked view.state (loop only)
+  reranking: false,
 };
+const POLL_MS = 1000;
 
 const $ = (id) => document.getElementById(id);
 const key = (s) => `${s[S.I]},${s[S.C]}`;
@@ -34,15 +39,24 @@ async function api(path, body) {
 }
 
 // Same order as hst.review.session.order, on the filtered subset: images by their first entry, each entry's place
-// (its entry rank, sent by the server) deciding.
+// (its entry rank, sent by the server) deciding. With the loop, the ranking is entry by entry: consecutive entries
+// of one image form a group, and an image may come back later.
 function buildGroups() {
   const cls = Number($("filter-class").value);
   const lo = Number($("filter-min").value) || 0.5;
   const hi = Number($("filter-max").value) || 1;
+  const kept = view.state.suggestions.filter((s) =>
+    (cls < 0 || s[S.C] === cls) && s[S.CONF] >= lo - 1e-9 && s[S.CONF] <= hi + 1e-9);
+  if (view.state.loop) {
+    view.groups = [];
+    for (const s of kept) {
+      const last = view.groups[view.groups.length - 1];
+      if (last && last[0][S.I] === s[S.I]) last.push(s); else view.groups.push([s]);
+    }
+    return;
+  }
   const byImage = new Map();
-  for (const s of view.state.suggestions) {
-    if (cls >= 0 && s[S.C] !== cls) continue;
-    if (s[S.CONF] < lo - 1e-9 || s[S.CONF] > hi + 1e-9) continue;
+  for (const s of kept) {
     if (!byImage.has(s[S.I])) byImage.set(s[S.I], []);
     byImage.get(s[S.I]).push(s);
   }
@@ -88,6 +102,52 @@ function renderProgress(progress) {
     `decided ${progress.decided} / ${progress.total} · accepted ${c.accept} · rejected ${c.reject} · ` +
     `unknown ${c.unknown} · in filter ${inFilter} / ${flatCount()}`;
   document.body.dataset.decided = String(progress.decided);
+}
+
+// The loop: which model ranked the order shown, the next update, a failed one (the previous model still ranks).
+function renderLoop(loop) {
+  if (!loop) return;
+  const shown = view.version === null ? loop.version : view.version;
+  let text = `model v${shown}, trained on ${loop.learnt} answers · ${loop.policy} questions first`;
+  if (loop.updating) text += " · updating: learning the answers so far…";
+  else text += ` · next update after ${loop.next_in} more answers`;
+  if (loop.error) text += ` · update failed: ${loop.error} (model v${loop.version} keeps ranking)`;
+  const el = $("model");
+  el.textContent = text;
+  el.className = loop.error ? "error" : "";
+  document.body.dataset.version = String(shown);
+  document.body.dataset.updating = loop.updating ? "1" : "";
+  document.body.dataset.updateError = loop.error || "";
+  if (loop.version !== null && loop.version !== view.version && !view.reranking) {
+    view.reranking = true;  // one reload per new version, queued behind the key presses already made
+    view.chain = view.chain.then(rerank).catch((error) => status(`could not re-rank: ${error.message}`, true))
+      .finally(() => { view.reranking = false; });
+  }
+}
+
+// A new model ranked the open questions: take its order and go to the question it wants answered first.
+async function rerank() {
+  const before = view.version;
+  view.state = await api("api/state");
+  view.decisions.clear();
+  for (const [i, c, action, value] of view.state.decisions) view.decisions.set(`${i},${c}`, { action, value });
+  view.version = view.state.loop.version;
+  buildGroups();
+  view.group = 0; view.pos = 0;
+  seekUndecided(0);
+  renderProgress(view.state.progress);
+  render();
+  renderLoop(view.state.loop);
+  if (before !== null) status(`re-ranked by model v${view.version}`);
+}
+
+async function poll() {
+  try {
+    renderLoop(await api("api/loop"));
+  } catch (error) {
+    status(`no answer from the server: ${error.message} (is hst review still running?)`, true);
+  }
+  setTimeout(poll, POLL_MS);
 }
 
 // --precision: the class's rule for one polarity (+1 present, -1 absent), or null when not asked for
@@ -258,6 +318,7 @@ async function decide(action) {
   const more = seekUndecided(here + 1);
   renderProgress(result);
   render();
+  renderLoop(result.loop);
   status(`saved: ${view.state.classes[s[S.C]]} ${action}` + (more ? "" : " · every suggestion in this filter is decided"));
 }
 
@@ -270,6 +331,7 @@ async function undo() {
   moveTo(result.image, result.label);
   renderProgress(result);
   render();
+  renderLoop(result.loop);
   status(`undone: ${view.state.classes[result.label]}`);
 }
 
@@ -340,14 +402,21 @@ async function main() {
       "where it passes its class's threshold";
     $("no-suggestion-keys").hidden = false;
   }
+  if (view.state.loop) {
+    view.version = view.state.loop.version;
+    $("order-hint").textContent = `(most wanted first by the model's ${view.state.loop.policy} policy; ` +
+      `re-ranked after every ${view.state.loop.round_size} answers)`;
+  }
   renderPromise();
   buildGroups();
   seekUndecided(0);  // resume: the first suggestion nobody decided yet
   renderProgress(view.state.progress);
   render();
+  renderLoop(view.state.loop);
   document.addEventListener("keydown", onKey);
   status(`evidence: ${view.state.evidence.join(" + ")} · saving to ${view.state.output}`);
   document.body.dataset.ready = "1";
+  if (view.state.loop) setTimeout(poll, POLL_MS);
 }
 
 main().catch((error) => status(`could not load: ${error.message}`, true));
