@@ -4,7 +4,9 @@
 # the same model at random 10/12/15/20/30% known; then HST trained on 10% alone, 10% + the default policy's answers
 # and 10% + random answers. Two processes at a time, one thread each (the 2-core machine).
 #   bash benchmarks/review_loop.sh [OUT]        (default runs/review-loop; hst on the PATH)
-# HST_SEEDS="0" trains HST for those partial seeds only (default 0 1 2).
+# HST_SEEDS="0" trains HST for those partial seeds only (default 0 1 2); HST_CURVE="0.12 0.15 0.2 0.3" also trains
+# HST at those random known proportions (its own exchange-rate curve; default none) for CURVE_SEEDS (default
+# HST_SEEDS); SIMULATE=0 reuses the simulations already in OUT.
 set -euo pipefail
 out=${1:-runs/review-loop}
 config=configs/voc2007-benchmark.yaml
@@ -12,12 +14,14 @@ split=(data.split_seed=2 data.proportion=0.1)
 export OMP_NUM_THREADS=1
 mkdir -p "$out"
 start=$(date +%s)
+if [ "${SIMULATE:-1}" != 0 ]; then
 hst simulate-review --config $config --policies rarest,random,uncertain --seeds 0,1,2 \
   --curve 0.1,0.12,0.15,0.2,0.3 --out "$out/probe-a" "${split[@]}" > "$out/probe-a.log" 2>&1 &
 hst simulate-review --config $config --policies positive,image,mix --seeds 0,1,2 \
   --out "$out/probe-b" "${split[@]}" > "$out/probe-b.log" 2>&1 &
 wait || true
 echo "simulations: $(( $(date +%s) - start )) s"
+fi
 
 start=$(date +%s)
 train() {  # name seed overrides...
@@ -36,4 +40,13 @@ for seed in ${HST_SEEDS:-0 1 2}; do  # the three trainings of a seed at once
   wait || true
 done
 echo "HST trainings: $(( $(date +%s) - start )) s"
+
+start=$(date +%s)
+for proportion in ${HST_CURVE:-}; do  # the seeds of a proportion at once
+  for seed in ${CURVE_SEEDS:-${HST_SEEDS:-0 1 2}}; do
+    train "p$proportion" "$seed" data.proportion="$proportion" &
+  done
+  wait || true
+done
+[ -z "${HST_CURVE:-}" ] || echo "HST curve: $(( $(date +%s) - start )) s"
 grep -H "^test mAP" "$out"/hst-*.log

@@ -16,7 +16,7 @@ from scipy.stats import norm
 from hst.config import MethodConfig
 from hst.methods import create
 from hst.methods.base import FeatureBatch, StepContext
-from hst.methods.calibration import calibrate_scores, class_threshold, clopper_pearson
+from hst.methods.calibration import apply_thresholds, calibrate_scores, class_threshold, clopper_pearson
 from hst.methods.cross_fitted_evidence import cross_fitted_evidence, cross_fitted_probe
 from hst.methods.thresholds import precision_bound
 from hst.metrics import positives_only_labels
@@ -284,3 +284,50 @@ def test_single_positive_labels_train_hst_end_to_end(tmp_path, one_thread: None)
     val = [float(row["val/mAP"]) for row in rows if row.get("val/mAP")]
     assert val and max(val) < 90  # scored against unlabelled entries too, not 100 for any model
     assert result.test_metrics["mAP"] > 30
+
+
+def _reviewed_blocks(seed: int, answered: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One class: 8,000 entries scoring high, all positive, and 2,000 scoring in the middle, 70% positive (the
+    rest low, all negative); 10% known at random; a review answers 4,000 once-unknown entries, either the high
+    ones (the likeliest positives, as a person or the ``positive`` policy picks) or a random sample of them."""
+    rng = np.random.default_rng(seed)
+    high, middle, low = 8000, 2000, 10000
+    score = np.concatenate([3 + rng.random(high), 1 + rng.random(middle), -rng.random(low)])
+    full = np.concatenate([np.ones(high), np.where(rng.random(middle) < 0.7, 1, -1), -np.ones(low)]).astype(np.int8)
+    before = np.where(rng.random(len(score)) < 0.1, full, 0).astype(np.int8)
+    unknown = np.flatnonzero(before == 0)
+    pick = unknown[score[unknown] >= 3][:4000] if answered == "likeliest" else rng.choice(unknown, 4000, False)
+    after = before.copy()
+    after[pick] = full[pick]
+    return score[:, None], full[:, None], before[:, None], after[:, None]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_after_a_review_of_the_likeliest_positives_the_fills_keep_the_target(seed: int) -> None:
+    """Known answer: above the middle block the once-unknown entries are (8,000 + 1,400) / 10,000 = 94% positive, so
+    the plain rule fills the whole middle block; once 4,000 of the high ones are answered, what it fills is about
+    (3,200 + 1,260) / 5,000 = 89% positive before the low entries it also takes. The corrected rule must stop
+    higher, where what is left still reaches the target."""
+    score, full, before, after = _reviewed_blocks(seed, "likeliest")
+    plain = calibrate_scores(score, before, 0.9, +1, z=1.28)
+    corrected = calibrate_scores(score, before, 0.9, +1, z=1.28, reviewed_labels=after)
+    fills_plain = apply_thresholds(score, after, plain, +1)
+    fills_corrected = apply_thresholds(score, after, corrected, +1)
+    assert (full[fills_plain] > 0).mean() < 0.87  # the plain rule misses its promise on what it fills
+    assert corrected.threshold[0] > plain.threshold[0] + 0.3
+    assert fills_corrected.sum() >= 3000 and (full[fills_corrected] > 0).mean() >= 0.9
+
+
+def test_after_a_random_review_the_correction_changes_little() -> None:
+    """Answers drawn at random leave the rest a random sample: the corrected rule fills the same blocks."""
+    score, full, before, after = _reviewed_blocks(3, "random")
+    plain = calibrate_scores(score, before, 0.9, +1, z=1.28)
+    corrected = calibrate_scores(score, before, 0.9, +1, z=1.28, reviewed_labels=after)
+    assert (plain.threshold[0] < 2) and (corrected.threshold[0] < 2)
+    fills_plain = apply_thresholds(score, after, plain, +1)
+    fills_corrected = apply_thresholds(score, after, corrected, +1)
+    assert abs(int(fills_plain.sum()) - int(fills_corrected.sum())) <= 0.05 * fills_plain.sum()
+    assert (full[fills_corrected] > 0).mean() >= 0.88
+    # without answers the rule is the plain one, cut for cut
+    same = calibrate_scores(score, before, 0.9, +1, z=1.28, reviewed_labels=before)
+    assert np.array_equal(same.threshold, plain.threshold)

@@ -10,7 +10,15 @@ entries of the class. This is valid when two things hold, and the callers make s
   and the class gets no threshold, with the reason given; the same when positives are too few.
 
 The precision at a cut is a Wilson lower bound at ``z`` standard deviations, so that the luckiest of many cut
-points on a few known entries does not pass. A class that cannot be calibrated never borrows another class's
+points on a few known entries does not pass.
+
+**After a review** some once-unknown entries were answered by a person, who chose them (e.g. the most likely
+positives first). The answers never calibrate, and the entries still unknown are no longer a random sample of the
+once-unknown ones: the precision on the known entries overstates them. What stays valid is the count: above a cut,
+the once-unknown entries hold about ``precision × U`` wanted labels (``U`` of them above the cut, a random sample
+when the review began), the answers account for ``A⁺`` of those exactly, so the ``U − A`` still unknown hold
+``precision × U − A⁺``. A cut passes when that share reaches the target (with the Wilson bound for the
+precision); without answers it is the plain rule. A class that cannot be calibrated never borrows another class's
 threshold: it gets none, and the reason is logged.
 """
 
@@ -58,14 +66,41 @@ class Calibration:
         return [f"{names[c]}: {why}" for c, why in enumerate(self.reason) if why]
 
 
+@dataclass(frozen=True)
+class ReviewedPool:
+    """One class's once-unknown entries (unknown in the calibration labels) after a review: their scores, which of
+    them were answered, and which answers carry the label being given."""
+
+    scores: np.ndarray
+    answered: np.ndarray
+    wanted: np.ndarray
+
+    def above(self, cuts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per cut ``t``: once-unknown entries scoring ``≥ t``, answered ones among them, wanted answers among those."""
+        scored = ~np.isnan(self.scores)
+        s = self.scores[scored]
+        counts = []
+        for members in (np.ones(len(s), dtype=bool), self.answered[scored], (self.answered & self.wanted)[scored]):
+            ordered = np.sort(s[members])
+            counts.append(len(ordered) - np.searchsorted(ordered, cuts, side="left"))
+        return counts[0], counts[1], counts[2]
+
+
 def class_threshold(
-    scores: np.ndarray, wanted: np.ndarray, target: float, min_wanted: int, min_other: int, z: float
+    scores: np.ndarray,
+    wanted: np.ndarray,
+    target: float,
+    min_wanted: int,
+    min_other: int,
+    z: float,
+    reviewed: ReviewedPool | None = None,
 ) -> tuple[float, int, int, str]:
     """Lowest score ``t`` whose known entries scoring ``≥ t`` reach ``target`` precision (Wilson bound at ``z``).
 
     ``scores``: the known entries of one class (NaN = not scored, ignored); ``wanted``: which of them carry the
     label being given. Returns ``(t, entries ≥ t, wanted ones among them, reason)``; ``t = inf`` with a reason when
     there are fewer than ``min_wanted`` wanted or ``min_other`` other scored entries, or no cut reaches ``target``.
+    ``reviewed``: the class's once-unknown entries after a review; the target then holds for those still unknown.
     """
     scored = ~np.isnan(scores)
     s, good = scores[scored], np.asarray(wanted, dtype=bool)[scored]
@@ -80,6 +115,12 @@ def class_threshold(
     hits = np.cumsum(good)
     count = np.arange(1, len(s) + 1)
     bound = precision_bound(hits, count, z)
+    if reviewed is not None and reviewed.answered.any():
+        pool, asked, asked_wanted = reviewed.above(s)
+        left = pool - asked
+        with np.errstate(invalid="ignore", divide="ignore"):
+            # nothing left to label above a cut: whatever the bound says, it fills nothing wrong
+            bound = np.where(left > 0, (bound * pool - asked_wanted) / np.maximum(left, 1), bound)
     # Cut only between distinct scores: equal scores share one decision.
     cut = np.append(s[:-1] > s[1:], True)
     ok = cut & (bound >= target) & (hits >= min_wanted)
@@ -97,11 +138,13 @@ def calibrate_scores(
     min_wanted: int = 5,
     min_other: int = 5,
     z: float = 1.0,
+    reviewed_labels: np.ndarray | None = None,
 ) -> Calibration:
     """Per-class thresholds from the known entries of ``labels`` (N×C, +1/−1/0) and their ``scores`` (N×C).
 
     ``polarity`` +1 calibrates positives (``score ≥ t``), −1 negatives (``score ≤ −t``: pass the same scores,
-    the returned thresholds apply to ``−score``).
+    the returned thresholds apply to ``−score``). ``reviewed_labels``: the labels after a review (those of
+    ``labels`` plus the answers); the target then holds for the entries still unknown (see the module's notes).
     """
     num_classes = scores.shape[1]
     signed = scores if polarity > 0 else -scores
@@ -111,7 +154,14 @@ def calibrate_scores(
     reasons: list[str] = []
     for c in range(num_classes):
         rows = labels[:, c] != 0
-        t, n, k, why = class_threshold(signed[rows, c], labels[rows, c] == polarity, target, min_wanted, min_other, z)
+        reviewed = None
+        if reviewed_labels is not None:
+            pool = ~rows
+            answers = reviewed_labels[pool, c]
+            reviewed = ReviewedPool(signed[pool, c], answers != 0, answers == polarity)
+        t, n, k, why = class_threshold(
+            signed[rows, c], labels[rows, c] == polarity, target, min_wanted, min_other, z, reviewed
+        )
         threshold[c], known_above[c], correct_above[c] = t, n, k
         reasons.append(why)
     return Calibration(threshold, known_above, correct_above, reasons)

@@ -105,13 +105,17 @@ def pseudo_label_round(
     evidence = cross_fitted_evidence(pooled, labels, s.neighbours, s.probe, s.folds, s.seed, s.bank_limit)
     score = evidence.joint
     calibrate_on = labels if calibration_labels is None else calibration_labels
-    positive = calibrate_scores(score, calibrate_on, s.target_precision, +1, s.min_positives, s.min_negatives, s.z)
+    # answers (known now, unknown in the calibration labels) correct the estimate for the entries left unknown
+    reviewed = None if calibration_labels is None else labels
+    positive = calibrate_scores(
+        score, calibrate_on, s.target_precision, +1, s.min_positives, s.min_negatives, s.z, reviewed
+    )
     chosen = _cap(apply_thresholds(score, labels, positive, +1), labels, score, s.positive_cap)
     targets = chosen.astype(np.int8)
     negative = None
     if s.negatives:
         negative = calibrate_scores(
-            score, calibrate_on, s.negative_precision, -1, s.min_negatives, s.min_positives, s.z
+            score, calibrate_on, s.negative_precision, -1, s.min_negatives, s.min_positives, s.z, reviewed
         )
         targets -= (apply_thresholds(score, labels, negative, -1) & ~chosen).astype(np.int8)
     return PseudoLabelRound(targets, positive, negative, evidence)
