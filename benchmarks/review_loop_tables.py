@@ -32,6 +32,18 @@ def _cell(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
     return f"{mean:.{digits}f} ± {spread:.{digits}f}"
 
 
+def _precision_cell(rows: list[dict[str, str]], polarity: str) -> str:
+    """Precision of the fills pooled over the seeds (a seed that filled nothing has none), with the fill count."""
+    filled = [float(r[f"filled_{polarity}"]) for r in rows]
+    correct = [n * float(r[f"filled_{polarity}_precision"]) for n, r in zip(filled, rows, strict=True) if n > 0]
+    if not correct:
+        return "no fills"
+    share = 100 * sum(correct) / sum(filled)
+    mean_filled = sum(filled) / len(filled)
+    empty = sum(n == 0 for n in filled)
+    return f"{share:.1f} ({mean_filled:.0f} filled" + (f"; none in {empty} seeds)" if empty else ")")
+
+
 def equivalent_proportion(curve: list[tuple[float, float]], value: float) -> float:
     """The random known proportion at which the curve (proportion, mean mAP) reaches ``value`` (linear between
     points; NaN below the first point, ``inf`` above the last)."""
@@ -72,8 +84,8 @@ def main() -> None:
             print(
                 f"| {100 * proportion:g}% | {len(rows)} | {_cell(maps)} | {_cell([float(r['val_mAP']) for r in rows])} "
                 f"| {_cell([float(r['completed_correct_positives']) for r in rows], digits=0)} "
-                f"| {_cell([float(r['filled_positive_precision']) for r in rows], 100, 1)} "
-                f"| {_cell([float(r['filled_negative_precision']) for r in rows], 100, 1)} |"
+                f"| {_precision_cell(rows, 'positive')} "
+                f"| {_precision_cell(rows, 'negative')} |"
             )
         print()
     by_policy: dict[str, list[dict[str, str]]] = defaultdict(list)
@@ -97,8 +109,8 @@ def main() -> None:
             f"| {_cell([float(r['val_mAP']) for r in rows])} "
             f"| {_cell([float(r['positives_found']) for r in rows], digits=0)} "
             f"| {_cell([float(r['completed_correct_positives']) for r in rows], digits=0)} ({ratio}) "
-            f"| {_cell([float(r['filled_positive_precision']) for r in rows], 100, 1)} "
-            f"| {_cell([float(r['filled_negative_precision']) for r in rows], 100, 1)} "
+            f"| {_precision_cell(rows, 'positive')} "
+            f"| {_precision_cell(rows, 'negative')} "
             f"| {100 * equivalent:.1f}% | {worth:.2f} | {_cell([float(r['update_seconds']) for r in rows], digits=1)} |"
         )
     print()
