@@ -115,7 +115,9 @@ def class_threshold(
     hits = np.cumsum(good)
     count = np.arange(1, len(s) + 1)
     bound = precision_bound(hits, count, z)
+    where = "on its known entries"
     if reviewed is not None and reviewed.answered.any():
+        where = "on the entries a review left unknown"
         pool, asked, asked_wanted = reviewed.above(s)
         left = pool - asked
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -125,7 +127,7 @@ def class_threshold(
     cut = np.append(s[:-1] > s[1:], True)
     ok = cut & (bound >= target) & (hits >= min_wanted)
     if not ok.any():
-        return NO_THRESHOLD, 0, 0, f"no threshold reaches {target:g} precision on its known entries"
+        return NO_THRESHOLD, 0, 0, f"no threshold reaches {target:g} precision {where}"
     last = int(np.flatnonzero(ok)[-1])
     return float(s[last]), int(count[last]), int(hits[last]), ""
 
