@@ -73,3 +73,15 @@ def review_checkpoint(tmp_path_factory: pytest.TempPathFactory, review_manifests
         )
     finally:
         torch.set_num_threads(before)
+
+
+# The review tests (test_review_session.py, test_review_page.py) name the review data and model these two names;
+# a module with its own ``manifests`` or ``checkpoint`` fixture (as test_complete.py has) overrides them.
+@pytest.fixture(scope="module")
+def manifests(review_manifests: tuple[Path, Path]) -> tuple[Path, Path]:
+    return review_manifests
+
+
+@pytest.fixture(scope="module")
+def checkpoint(review_checkpoint: Path) -> Path:
+    return review_checkpoint

@@ -1,6 +1,6 @@
 """The loop inside ``hst review``: a round of answers updates the model in the background and re-ranks the open
 questions; requests stay fast meanwhile; a failed update or a killed server loses no answer and keeps the latest
-completed model. On the tiny synthetic images and model of tests/test_review.py."""
+completed model. On the tiny synthetic images and model of tests/test_review_session.py."""
 
 from __future__ import annotations
 
@@ -25,9 +25,19 @@ from hst.review.session import ReviewSession, log_path
 from hst.review.suggest import open_review
 
 try:
-    from test_review import Server, body_data, browser_binaries, chromium, get_json, load, post_json, press, wait_for
+    from _helpers_review import (
+        Server,
+        body_data,
+        browser_binaries,
+        chromium,
+        get_json,
+        load,
+        post_json,
+        press,
+        wait_for,
+    )
 except ImportError:  # tests collected as a package
-    from tests.test_review import (
+    from tests._helpers_review import (
         Server,
         body_data,
         browser_binaries,

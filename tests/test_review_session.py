@@ -1,25 +1,14 @@
-"""``hst review``: suggestions and their order, decisions, the decision log, resuming, and the web application's
-guards (token, loopback host, path traversal), on a tiny model trained on synthetic images written as PNG files."""
+"""``hst review`` in-process: suggestions and their order, decisions, the decision log, resuming, and the web
+application's guards (token, loopback host, path traversal), on a tiny model trained on synthetic images
+written as PNG files."""
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import http.client
 import json
-import os
-import queue
-import shutil
-import subprocess
-import sys
 import threading
-import time
-import urllib.parse
-import urllib.request
-from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -38,20 +27,15 @@ try:
 except ImportError:  # tests collected as a package
     from tests.tiny_run import TINY
 
+try:
+    from _helpers_review import P, log_events
+except ImportError:  # tests collected as a package
+    from tests._helpers_review import P, log_events
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 TOKEN = "t0ken-for-tests"
 HOST = {"Host": "127.0.0.1:5000"}
-
-
-@pytest.fixture(scope="module")
-def manifests(review_manifests: tuple[Path, Path]) -> tuple[Path, Path]:
-    return review_manifests
-
-
-@pytest.fixture(scope="module")
-def checkpoint(review_checkpoint: Path) -> Path:
-    return review_checkpoint
 
 
 @pytest.fixture
@@ -62,10 +46,6 @@ def session(checkpoint: Path, manifests: tuple[Path, Path], tmp_path: Path) -> R
 def rows(path: Path) -> list[list[str]]:
     with path.open(newline="") as handle:
         return list(csv.reader(handle))
-
-
-def log_events(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def test_suggestions_are_the_completion_of_every_unknown_entry(
@@ -112,7 +92,6 @@ def test_entries_with_no_suggestion_come_last_and_ask_present() -> None:
 
 
 # ---- --precision: the suggestions of hst complete --precision P, and the promise it makes --------------------
-P = 0.6  # the tiny model calibrates a few classes' negatives at 0.6 and none at 0.9
 
 
 def read_classes(path: Path) -> dict[tuple[str, str], dict[str, str]]:
@@ -355,306 +334,3 @@ def test_reviewed_manifest_trains_as_partial_labels(
 
 def test_log_path_sits_beside_the_manifest() -> None:
     assert log_path(Path("a/b/reviewed.csv")) == Path("a/b/reviewed.decisions.jsonl")
-
-
-# ---- the real server (hst review in a subprocess) and a real headless browser --------------------------------
-BROWSER_HINT = "run `.ci/install-test-deps` (it installs Debian's chromium and chromium-driver)"
-
-
-def browser_binaries() -> tuple[str, str]:
-    """(chromium, chromedriver): the review page is tested in a real browser, so their absence is a failure."""
-    browser = next((shutil.which(n) for n in ("chromium", "chromium-browser") if shutil.which(n)), None)
-    driver = shutil.which("chromedriver")
-    if browser is None or driver is None:
-        missing = [name for name, path in (("chromium", browser), ("chromedriver", driver)) if path is None]
-        pytest.fail(f"no {' and no '.join(missing)} found: {BROWSER_HINT}")
-    return browser, driver
-
-
-class Server:
-    """``hst review`` running in its own process, as a person starts it."""
-
-    def __init__(
-        self, checkpoint: Path, partial: Path, out: Path, *options: str, launch: Sequence[str] = ("-m", "hst.cli")
-    ) -> None:
-        command = [
-            sys.executable,
-            *launch,
-            "review",
-            str(checkpoint),
-            str(partial),
-            "--out",
-            str(out),
-            *options,
-        ]
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-        self.output: list[str] = []
-        lines: queue.Queue[str | None] = queue.Queue()
-        threading.Thread(target=self._read, args=(lines,), daemon=True).start()
-        try:
-            self.url = self._wait_for_url(lines)
-        except BaseException:
-            self.process.kill()  # not yet known to the fixture, which would otherwise leave it running
-            raise
-        parts = urllib.parse.urlsplit(self.url)
-        self.host, self.port, self.token = parts.hostname, parts.port, parts.path.strip("/")
-        assert self.host == "127.0.0.1"
-
-    def _wait_for_url(self, lines: queue.Queue[str | None]) -> str:
-        deadline = time.monotonic() + 240  # the URL comes after the model has run over the images
-        while True:
-            try:
-                line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
-            except queue.Empty:
-                raise AssertionError(f"hst review printed no URL in 240 s:\n{''.join(self.output)}") from None
-            if line is None:
-                raise AssertionError(f"hst review exited ({self.process.wait()}):\n{''.join(self.output)}")
-            self.output.append(line)
-            if line.startswith("review page: "):
-                return line.split(": ", 1)[1].strip()
-
-    def _read(self, lines: queue.Queue[str | None]) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            lines.put(line)
-        lines.put(None)
-
-    def raw_get(self, path: str) -> tuple[int, bytes]:
-        """GET ``path`` byte for byte as given (no client-side normalisation of ``..``)."""
-        connection = http.client.HTTPConnection(self.host, self.port, timeout=30)  # type: ignore[arg-type]
-        try:
-            connection.putrequest("GET", path, skip_accept_encoding=True)
-            connection.endheaders()
-            response = connection.getresponse()
-            return response.status, response.read()
-        finally:
-            connection.close()
-
-    def kill(self) -> None:
-        self.process.kill()  # no clean shutdown: nothing may depend on one
-        self.process.wait(timeout=30)
-
-
-@pytest.fixture
-def server_factory(checkpoint: Path, manifests: tuple[Path, Path]) -> Iterator[Callable[..., Server]]:
-    started: list[Server] = []
-
-    def start(out: Path, *options: str) -> Server:
-        started.append(Server(checkpoint, manifests[1], out, *options))
-        return started[-1]
-
-    yield start
-    for server in started:
-        if server.process.poll() is None:
-            server.kill()
-
-
-def post_json(url: str, body: dict) -> dict:
-    request = urllib.request.Request(
-        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST"
-    )
-    with urllib.request.urlopen(request, timeout=60) as response:
-        return json.loads(response.read())
-
-
-def get_json(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=60) as response:
-        return json.loads(response.read())
-
-
-@pytest.mark.slow
-def test_real_server_token_traversal_and_concurrent_decisions(
-    server_factory: Callable[[Path], Server], tmp_path: Path
-) -> None:
-    out = tmp_path / "reviewed.csv"
-    server = server_factory(out)
-    state = get_json(f"{server.url}api/state")
-    # Without the token (or with another one) nothing is served, not even the page or its script.
-    for path in ("/", "/api/state", "/static/review.js", "/image/0", f"/{server.token[:-1]}/api/state"):
-        assert server.raw_get(path)[0] == 403, path
-    status, body = server.raw_get(f"/{server.token}/image/0")
-    assert status == 200 and body.startswith(b"\x89PNG")
-    attempts = [
-        "image/../../../../etc/passwd",
-        "image/..%2f..%2f..%2fetc%2fpasswd",
-        "image/%2e%2e/%2e%2e/etc/passwd",
-        "static/../../../../etc/passwd",
-        "static/..%2f..%2fsession.py",
-    ]
-    for attempt in attempts:
-        status, body = server.raw_get(f"/{server.token}/{attempt}")
-        assert status in (403, 404) and b"root:" not in body and b"import" not in body, (attempt, status)
-    # Forty decisions from eight threads at once: every one is in the log and in the manifest.
-    chosen = state["suggestions"][:40]
-    actions = ["accept", "reject", "unknown", "accept"]
-
-    def decide(n: int) -> dict:
-        image, label = chosen[n][0], chosen[n][1]
-        return post_json(f"{server.url}api/decide", {"image": image, "label": label, "action": actions[n % 4]})
-
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        answers = list(pool.map(decide, range(len(chosen))))
-    assert sorted(a["decided"] for a in answers) == list(range(1, len(chosen) + 1))  # serialised, none lost
-    written = read_csv_manifest(out).labels
-    for n, row in enumerate(chosen):
-        expected = {"accept": row[2], "reject": -row[2], "unknown": 0}[actions[n % 4]]
-        assert written[row[0], row[1]] == expected
-    events = log_events(log_path(out))
-    assert [e["event"] for e in events].count("open") == 1 and len(events) == 1 + len(chosen)
-    assert get_json(f"{server.url}api/state")["progress"]["decided"] == len(chosen)
-
-
-def wait_for(driver: object, condition: Callable[[object], object], what: str, timeout: float = 60) -> None:
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    WebDriverWait(driver, timeout, poll_frequency=0.1).until(condition, message=what)  # type: ignore[arg-type]
-
-
-def body_data(driver: object, name: str) -> str:
-    return str(driver.execute_script(f"return document.body.dataset.{name} || ''"))  # type: ignore[attr-defined]
-
-
-@contextlib.contextmanager
-def chromium(profile: Path) -> Iterator[Any]:
-    """A headless Chromium driven by selenium, quit on leaving."""
-    browser, driver_path = browser_binaries()
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = browser
-    for argument in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--window-size=1280,900",
-        f"--user-data-dir={profile}",
-    ):
-        options.add_argument(argument)
-    driver = webdriver.Chrome(options=options, service=Service(executable_path=driver_path))
-    try:
-        driver.set_page_load_timeout(60)
-        yield driver
-    finally:
-        driver.quit()
-
-
-def load(driver: Any, url: str) -> None:
-    driver.get(url)
-    wait_for(driver, lambda d: body_data(d, "ready") == "1", "the page did not finish loading")
-
-
-def press(driver: Any, keys: str, decided: int) -> None:
-    from selenium.webdriver.common.by import By
-
-    driver.find_element(By.TAG_NAME, "body").send_keys(keys)
-    wait_for(
-        driver,
-        lambda d: body_data(d, "decided") == str(decided) and not body_data(d, "busy"),
-        f"no {decided} decisions after pressing {keys!r}",
-    )
-
-
-@pytest.mark.slow
-def test_review_page_in_headless_chromium(
-    server_factory: Callable[..., Server], manifests: tuple[Path, Path], tmp_path: Path
-) -> None:
-    from selenium.webdriver.common.by import By
-
-    browser_binaries()  # before the server starts
-    out = tmp_path / "reviewed.csv"
-    server = server_factory(out)
-    state = get_json(f"{server.url}api/state")
-    names, images = state["classes"], state["images"]
-    order_seen = [f"{images[s[0]]}|{names[s[1]]}" for s in state["suggestions"]]
-
-    with chromium(tmp_path / "profile") as driver:
-        load(driver, server.url)
-        assert body_data(driver, "current") == order_seen[0]  # the server's first question comes first
-        assert not driver.find_element(By.ID, "promise").is_displayed()  # no --precision, no promise
-        shortcuts = driver.find_element(By.ID, "keys").text
-        assert "accept" in shortcuts and "reject" in shortcuts and "undo" in shortcuts
-        press(driver, "a", 1)
-        assert body_data(driver, "current") == order_seen[1]
-        press(driver, "r", 2)
-        press(driver, "a", 3)
-        press(driver, "z", 2)  # undo the third decision: the cursor goes back to it
-        assert body_data(driver, "current") == order_seen[2]
-        assert "decided 2 / " in driver.find_element(By.ID, "progress").text
-        # Every resource came from the review server itself.
-        sources = driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
-        assert sources and all(url.startswith(server.url) for url in sources), sources
-
-        driver.refresh()
-        wait_for(driver, lambda d: body_data(d, "ready") == "1", "the reloaded page did not finish loading")
-        assert body_data(driver, "decided") == "2" and body_data(driver, "current") == order_seen[2]
-
-        # On disk: the manifest and the decision log, with the input untouched.
-        first, second, third = state["suggestions"][:3]
-        written = read_csv_manifest(out).labels
-        assert written[first[0], first[1]] == first[2] and written[second[0], second[1]] == -second[2]
-        assert written[third[0], third[1]] == 0
-        given = read_csv_manifest(manifests[1]).labels
-        changed = written != given
-        assert changed.sum() == 2 and np.all(given[changed] == 0)
-        events = [(e["event"], e.get("image"), e.get("label")) for e in log_events(log_path(out))]
-        assert events[1:] == [
-            ("accept", images[first[0]], names[first[1]]),
-            ("reject", images[second[0]], names[second[1]]),
-            ("accept", images[third[0]], names[third[1]]),
-            ("undo", None, None),
-        ]
-
-        # Killing the server loses nothing: a new one on the same output resumes where the person stopped.
-        server.kill()
-        again = server_factory(out)
-        assert any("2 already decided" in line for line in again.output)
-        load(driver, again.url)
-        assert body_data(driver, "decided") == "2" and body_data(driver, "current") == order_seen[2]
-        press(driver, "u", 3)
-        assert read_csv_manifest(out).labels[third[0], third[1]] == 0
-        assert log_events(log_path(out))[-1]["event"] == "unknown"
-
-
-@pytest.mark.slow
-def test_precision_review_page_states_the_promise(server_factory: Callable[..., Server], tmp_path: Path) -> None:
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import Select
-
-    browser_binaries()  # before the server starts
-    out = tmp_path / "reviewed.csv"
-    server = server_factory(out, "--precision", str(P), "--round-size", "0")  # no loop: suggestions first
-    assert any(line.startswith(f"suggestions at precision {P:g}") for line in server.output)
-    state = get_json(f"{server.url}api/state")
-    names, promise = state["classes"], state["promise"]
-    # a class refused both ways: its reasons are on the page and its entries have no suggestion
-    both = [
-        c for c, found in enumerate(promise["classes"]) if found["positive"]["reason"] and found["negative"]["reason"]
-    ]
-    refused = both[0]
-    with chromium(tmp_path / "profile") as driver:
-        load(driver, server.url)
-        summary = driver.find_element(By.ID, "promise-summary")
-        assert f"at least {P} precise" in summary.text and "never on this review's decisions" in summary.text
-        summary.click()  # the per-class table: each class's measured precision, or why it was refused
-        table = driver.find_element(By.ID, "promise-table").text
-        assert promise["classes"][refused]["negative"]["reason"] in table
-        calibrated = next(found for found in promise["classes"] if found["negative"]["threshold"] is not None)
-        assert f"{calibrated['negative']['correct']} of {calibrated['negative']['known']} known correct" in table
-        current = driver.find_element(By.CSS_SELECTOR, "#suggestions tr.current").text
-        assert "no suggestion" not in current and "score" in current  # suggestions first
-        # In a refused class every entry is reviewable with no suggestion; A marks it present.
-        Select(driver.find_element(By.ID, "filter-class")).select_by_visible_text(names[refused])
-        wait_for(driver, lambda d: body_data(d, "current").endswith(f"|{names[refused]}"), "the filter did not apply")
-        current = driver.find_element(By.CSS_SELECTOR, "#suggestions tr.current")
-        assert f"no suggestion at {P}" in current.text
-        image, label = int(current.get_attribute("data-image")), refused
-        press(driver, "a", 1)
-    assert read_csv_manifest(out).labels[image, label] == 1
-    last = log_events(log_path(out))[-1]
-    assert (last["event"], last["value"], last["suggested"]) == ("accept", 1, 0)
