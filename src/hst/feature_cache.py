@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 from hst.data.base import IMAGE_DECODING, MultiLabelData
 from hst.data.digests import DIGEST_MEMO, image_files_digest
 from hst.data.splits import prepare_splits
-from hst.io import atomic_path, atomic_write, write_text_atomic
+from hst.io import atomic_path, atomic_write, fields_key, write_text_atomic
 from hst.models.backbone import Backbone
 from hst.models.frozen_runtime import frozen_features, weights_fingerprint
 from hst.progress import progress_bar
@@ -93,13 +93,9 @@ def feature_cache_fields(
     }
 
 
-def _key_of(fields: dict[str, Any]) -> str:
-    return _sha256(json.dumps(fields, sort_keys=True))[:KEY_LENGTH]
-
-
 def feature_cache_key(data: MultiLabelData, backbone: Backbone, image_size: int) -> str:
     """Short hex key of the features of ``backbone`` on ``data`` at ``image_size`` (see module docstring)."""
-    return _key_of(feature_cache_fields(data, backbone, image_size))
+    return fields_key(feature_cache_fields(data, backbone, image_size), KEY_LENGTH)
 
 
 def _paths(cache_dir: Path, key: str) -> tuple[Path, Path]:
@@ -231,7 +227,7 @@ def open_or_write_cache(
     ``backbone`` is in eval mode. They are written as float16 under a temporary name and renamed when complete;
     the sidecar JSON comes last, so an interrupted run leaves nothing that ``open_cache`` accepts.
     """
-    key = _key_of(fields)
+    key = fields_key(fields, KEY_LENGTH)
     existing = open_cache(cache_dir, key)
     if existing is not None:
         return existing

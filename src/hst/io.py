@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -21,7 +22,7 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -162,6 +163,12 @@ def atomic_write(
         with stream:
             yield stream
             stream.flush()
+
+
+def fields_key(fields: Mapping[str, Any], length: int = 16) -> str:
+    """Short sha256 of ``fields`` as sorted JSON (others as ``str``): a key that changes when any field does."""
+    text = json.dumps(fields, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:length]
 
 
 def sidecar_path(main_file: Path | str, suffix: str) -> Path:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import hashlib
-import json
 import os
 import sys
 import tempfile
@@ -34,7 +33,7 @@ from hst.config import ConfigError
 from hst.data.base import MultiLabelData
 from hst.data.batches import PixelBatches, RowsOfBatch
 from hst.data.transforms import normalize_pixels
-from hst.io import atomic_path
+from hst.io import atomic_path, fields_key
 from hst.models.backbone import Backbone
 
 RUNTIME_ENV = "HST_FROZEN_RUNTIME"
@@ -162,7 +161,7 @@ def onnx_key(backbone: Backbone, image_size: int) -> str:
         "std": list(backbone.std),
         "image_size": int(image_size),
     }
-    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+    return fields_key(fields)
 
 
 def _export(backbone: Backbone, image_size: int, path: Path) -> tuple[torch.Tensor, torch.Tensor]:

@@ -17,7 +17,6 @@ the previous ranking keeps serving and the next round tries again.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import threading
@@ -31,7 +30,7 @@ import numpy as np
 
 from hst.apps.review_loop import ReviewLoop
 from hst.data.base import MultiLabelData
-from hst.io import atomic_path, sidecar_path, write_text_atomic
+from hst.io import atomic_path, fields_key, sidecar_path, write_text_atomic
 from hst.labels import UNKNOWN
 from hst.methods.question_policy import DEFAULT_POLICY
 
@@ -76,10 +75,6 @@ class Ranking:
     seconds: float
     finished: float
     """When it was completed (Unix time)."""
-
-
-def features_key(fields: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def read_features(path: Path, key: str) -> tuple[np.ndarray, np.ndarray] | None:
@@ -303,7 +298,7 @@ def loop_features(
 
     stat = Path(checkpoint).stat()
     paths = [str(p) for p in data.image_paths] if data.image_paths is not None else list(data.image_ids)
-    key = features_key(
+    key = fields_key(
         {"checkpoint": str(Path(checkpoint).resolve()), "bytes": stat.st_size, "mtime": stat.st_mtime_ns}
         | {"images": paths, "image_size": run.get("image_size")}
     )
@@ -355,7 +350,6 @@ __all__ = [
     "ROUND_SIZE",
     "LiveLoop",
     "Ranking",
-    "features_key",
     "features_path",
     "loop_features",
     "model_path",
