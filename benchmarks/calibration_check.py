@@ -82,6 +82,7 @@ def main() -> None:
     parser.add_argument("--z", type=float, default=RoundSettings.z)
     parser.add_argument("--neighbours", type=int, default=RoundSettings.neighbours)
     parser.add_argument("--no-probe", action="store_true")
+    parser.add_argument("--scan", choices=("sequential", "lowest"), default="sequential")
     args = parser.parse_args()
     print(
         "| scheme | known | target | seed | positives | precision % | recall % | classes | below "
@@ -108,6 +109,7 @@ def main() -> None:
                     z=args.z,
                     neighbours=args.neighbours,
                     probe=not args.no_probe,
+                    sequential=args.scan == "sequential",
                 )
                 cells = " | ".join(
                     f"{r['count']:.0f} | {100 * r['precision']:.1f} | {100 * r['recall']:.1f} | {r['classes']:.0f} | "

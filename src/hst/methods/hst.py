@@ -9,7 +9,8 @@ the image-level CST neighbours on the label-free pooled features, one threshold 
 entries to ``target_precision``). Before ``pseudo_label_epoch`` L_cls is BCE on the known labels plus the unknown
 entries as negatives at weight ``unknown_negative_weight``; from then on BCE on known + pseudo-labelled entries, the
 rest ignored. Classes with no known negative (single-positive labels) cannot be calibrated: their unknown entries
-are weak negatives at weight 1/(C−1) throughout (the "weak assume negative" of Cole et al., 2021).
+are negatives at ``weak_negative_weight`` throughout (1 by default; 1/(C−1) is the "weak assume negative" of Cole
+et al., 2021), and their initial biases start from the rate that weighted loss trains towards.
 
 ``method.thresholds=learned`` (the published DTL) or ``fixed``: L_cls = BCE(s, y), and e ≥ pseudo_label_epoch
 adds + BCE(s, ŷ_intra) + λ_dtl·BCE(q_intra, y) (IST) + BCE(s, ŷ_inter) + λ_dtl·BCE(q_inter, y) (CST), pseudo
@@ -88,6 +89,19 @@ class HST(Method):
     @property
     def calibrated(self) -> bool:
         return self.config.thresholds == "calibrated"
+
+    def class_prior(self, labels: np.ndarray) -> np.ndarray:
+        """The known positive rate, except in classes without a known negative (calibrated mode), whose unknown
+        entries are weak negatives: there the rate the weighted BCE trains towards, not the ~1 of positives only."""
+        prior = super().class_prior(labels)
+        weak = ~(labels < 0).any(0)
+        if not self.calibrated or not weak.any():
+            return prior
+        weight = self.config.weak_negative_weight
+        weight = 1.0 / max(self.num_classes - 1, 1) if weight is None else weight
+        positives, unknown = (labels > 0).sum(0), (labels == 0).sum(0)
+        weighted = (positives + 0.5) / (positives + weight * unknown + 1.0)
+        return np.where(weak, weighted, prior)
 
     def _threshold_logs(self) -> dict[str, float]:
         if self.calibrated:

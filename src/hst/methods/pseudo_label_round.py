@@ -30,6 +30,8 @@ class RoundSettings:
     min_negatives: int = 5
     """... and at least this many known negatives scored (otherwise its precision cannot be measured)."""
     z: float = 1.28
+    sequential: bool = True
+    """Test the cuts in a fixed sequence from the top (:mod:`hst.methods.calibration`); False: the lowest passing."""
     neighbours: int = 20
     probe: bool = True
     folds: int = 5
@@ -40,6 +42,8 @@ class RoundSettings:
     @classmethod
     def from_method(cls, config: MethodConfig, **overrides: Any) -> RoundSettings:
         """The settings HST's keys of ``config`` give, with ``overrides``."""
+        if config.calibration_scan not in ("sequential", "lowest"):
+            raise ValueError(f"method.calibration_scan: {config.calibration_scan!r} is not 'sequential' or 'lowest'")
         settings = cls(
             target_precision=config.target_precision,
             negative_precision=config.negative_precision,
@@ -47,6 +51,7 @@ class RoundSettings:
             min_positives=config.calibration_min_positives,
             min_negatives=config.calibration_min_negatives,
             z=config.calibration_z,
+            sequential=config.calibration_scan == "sequential",
             neighbours=config.cst_neighbours if config.use_cst else 0,
             probe=config.classifier_evidence,
             positive_cap=config.positive_cap,
@@ -108,14 +113,14 @@ def pseudo_label_round(
     # answers (known now, unknown in the calibration labels) correct the estimate for the entries left unknown
     reviewed = None if calibration_labels is None else labels
     positive = calibrate_scores(
-        score, calibrate_on, s.target_precision, +1, s.min_positives, s.min_negatives, s.z, reviewed
+        score, calibrate_on, s.target_precision, +1, s.min_positives, s.min_negatives, s.z, reviewed, s.sequential
     )
     chosen = _cap(apply_thresholds(score, labels, positive, +1), labels, score, s.positive_cap)
     targets = chosen.astype(np.int8)
     negative = None
     if s.negatives:
         negative = calibrate_scores(
-            score, calibrate_on, s.negative_precision, -1, s.min_negatives, s.min_positives, s.z, reviewed
+            score, calibrate_on, s.negative_precision, -1, s.min_negatives, s.min_positives, s.z, reviewed, s.sequential
         )
         targets -= (apply_thresholds(score, labels, negative, -1) & ~chosen).astype(np.int8)
     return PseudoLabelRound(targets, positive, negative, evidence)
