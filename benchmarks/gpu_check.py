@@ -17,7 +17,6 @@ second over the training batches of every epoch, validation and testing left out
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import os
 import platform
@@ -117,15 +116,10 @@ class RunLine:
 
 def dry_run_manifest(data_dir: Path, folder: Path) -> Path:
     """The first photos of the VOC manifest, their paths made absolute, as a CSV in ``folder``."""
-    source = data_dir / "voc2007-train" / "labels.csv"
-    with source.open(newline="") as handle:
-        rows = list(csv.reader(handle))
+    from hst.data.readers import write_manifest_head
+
     target = folder / "labels.csv"
-    with target.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(rows[0])
-        for row in rows[1 : 1 + DRY_RUN_PHOTOS]:
-            writer.writerow([str((source.parent / row[0]).resolve()), *row[1:]])
+    write_manifest_head(data_dir / "voc2007-train" / "labels.csv", DRY_RUN_PHOTOS, target)
     return target
 
 

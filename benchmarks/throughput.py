@@ -20,7 +20,6 @@ and prints their ratios with the targets (extract-features ≥ 0.8× and predict
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
 import json
 import os
@@ -35,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from hst.data.readers import write_manifest_head
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "voc2007-benchmark.yaml"
@@ -52,18 +53,11 @@ def write_subset(count: int, folder: Path) -> tuple[Path, Path]:
     source = data_root() / "voc2007-train" / "labels.csv"
     if not source.is_file():
         raise SystemExit(f"{source} not found: set HST_DATA_DIR to the folder holding voc2007-train/")
-    with source.open(newline="") as handle:
-        rows = list(csv.reader(handle))[: count + 1]
     manifest = folder / "labels.csv"
     photos = folder / "photos"
     photos.mkdir()
-    with manifest.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(rows[0])
-        for row in rows[1:]:
-            image = (source.parent / row[0]).resolve()
-            writer.writerow([str(image), *row[1:]])
-            (photos / image.name).symlink_to(image)
+    for image in write_manifest_head(source, count, manifest):
+        (photos / image.name).symlink_to(image)
     return manifest, photos
 
 

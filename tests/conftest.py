@@ -45,10 +45,7 @@ def one_thread() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def review_manifests(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """Synthetic images as PNG files: (full labels, partial labels), for the review page's tests."""
-    try:
-        from tiny_run import write_image_manifests
-    except ImportError:  # tests collected as a package
-        from tests.tiny_run import write_image_manifests
+    from tiny_run import write_image_manifests
 
     return write_image_manifests(tmp_path_factory.mktemp("images"))
 
@@ -56,10 +53,7 @@ def review_manifests(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Pa
 @pytest.fixture(scope="session")
 def review_checkpoint(tmp_path_factory: pytest.TempPathFactory, review_manifests: tuple[Path, Path]) -> Path:
     """A tiny model trained on ``review_manifests``, shared by the review tests (training it is their slowest part)."""
-    try:
-        from tiny_run import tiny_checkpoint
-    except ImportError:  # tests collected as a package
-        from tests.tiny_run import tiny_checkpoint
+    from tiny_run import tiny_checkpoint
 
     labels, partial = review_manifests
     before = torch.get_num_threads()

@@ -12,6 +12,7 @@ import torchvision
 from PIL import Image
 from torch import nn
 
+from conftest import real_data
 from hst.models.backbone import (
     BACKBONE_DEFAULTS,
     BackboneError,
@@ -19,12 +20,6 @@ from hst.models.backbone import (
     create_backbone,
     load_efficientnet_lite_state_dict,
 )
-
-try:
-    from conftest import real_data
-except ImportError:  # tests collected as a package
-    from tests.conftest import real_data
-
 
 # image id -> (COCO class id in its label file, acceptable ImageNet classes); contents checked by eye
 PHOTOS = {

@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from _helpers_bad_input import MEAN, STD, _broken_folder, image_folder, jpeg_bytes, raises_with, write
 from hst.config import DataConfig
 from hst.data.base import decode_image, image_problem
 from hst.data.datasets import ImageLabelDataset
@@ -20,12 +21,6 @@ from hst.data.spec import load_dataset
 from hst.data.splits import SKIP_HINT, describe_splits, find_unreadable, prepare_splits
 from hst.data.transforms import build_transform
 from hst.engine.datamodule import PartialLabelDataModule
-
-try:
-    from _helpers_bad_input import MEAN, STD, _broken_folder, image_folder, jpeg_bytes, raises_with, write
-except ImportError:  # tests collected as a package
-    from tests._helpers_bad_input import MEAN, STD, _broken_folder, image_folder, jpeg_bytes, raises_with, write
-
 
 # ---------------------------------------------------------------- missing, truncated and corrupt images
 

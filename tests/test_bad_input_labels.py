@@ -10,18 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from _helpers_bad_input import jpeg_bytes, raises_with, write
 from hst.cli import main
 from hst.config import ConfigError, DataConfig, TrainConfig, resolve_config
 from hst.data.base import MultiLabelData
 from hst.data.readers import read_csv_manifest, read_jsonl_manifest, read_vg, read_voc, read_yolo, write_csv_manifest
 from hst.data.spec import load_dataset
 from hst.data.splits import prepare_splits
-
-try:
-    from _helpers_bad_input import jpeg_bytes, raises_with, write
-except ImportError:  # tests collected as a package
-    from tests._helpers_bad_input import jpeg_bytes, raises_with, write
-
 
 # ---------------------------------------------------------------- label files
 

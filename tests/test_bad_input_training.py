@@ -10,23 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from _helpers_bad_input import _broken_folder, raises_with
 from hst.config import TrainConfig, resolve_config
 from hst.data.partial import make_partial
 from hst.data.readers import read_csv_manifest, write_csv_manifest
 from hst.data.spec import load_dataset
 from hst.data.splits import prepare_splits
 from hst.labels import UNKNOWN
-
-try:
-    from tiny_run import TINY
-except ImportError:  # tests collected as a package
-    from tests.tiny_run import TINY
-
-try:
-    from _helpers_bad_input import _broken_folder, raises_with
-except ImportError:  # tests collected as a package
-    from tests._helpers_bad_input import _broken_folder, raises_with
-
+from tiny_run import TINY
 
 # ---------------------------------------------------------------- tiny trainings
 

@@ -317,11 +317,7 @@ def test_single_positive_labels_train_hst_end_to_end(tmp_path, one_thread: None)
     (on known entries alone every validation AP would be 100)."""
     from hst.config import TrainConfig, resolve_config
     from hst.engine.train import train
-
-    try:
-        from tiny_run import TINY
-    except ImportError:  # tests collected as a package
-        from tests.tiny_run import TINY
+    from tiny_run import TINY
 
     overrides = [
         *TINY,

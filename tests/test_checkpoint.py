@@ -21,11 +21,7 @@ from hst.engine.decision_thresholds import tune_thresholds
 from hst.engine.module import PartialLabelModule, load_module
 from hst.engine.train import train
 from hst.engine.trainer import build_trainer
-
-try:
-    from tiny_run import TINY as _TINY
-except ImportError:  # tests collected as a package
-    from tests.tiny_run import TINY as _TINY
+from tiny_run import TINY as _TINY
 
 # float sums depend on the thread count, and tiny tensors gain nothing from threads
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -10,14 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import real_data
 from hst.cli import build_parser, main
 from hst.data.readers import read_csv_manifest
 from hst.data.spec import load_dataset
-
-try:
-    from conftest import real_data
-except ImportError:  # tests collected as a package
-    from tests.conftest import real_data
 
 
 def test_console_script_help_runs() -> None:

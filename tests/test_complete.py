@@ -26,13 +26,8 @@ from hst.data.transforms import build_transform
 from hst.engine.module import PartialLabelModule, load_module
 from hst.models.cst import inter_scores
 from hst.models.ist import intra_scores, intra_scores_leave_one_out
-
-try:
-    from tiny_run import TINY as _TINY
-    from tiny_run import tiny_checkpoint
-except ImportError:  # tests collected as a package
-    from tests.tiny_run import TINY as _TINY
-    from tests.tiny_run import tiny_checkpoint
+from tiny_run import TINY as _TINY
+from tiny_run import tiny_checkpoint
 
 # float sums depend on the thread count, and tiny tensors gain nothing from threads
 pytestmark = pytest.mark.usefixtures("one_thread")

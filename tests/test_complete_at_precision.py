@@ -16,11 +16,7 @@ from hst.data.partial import make_partial
 from hst.data.readers import write_csv_manifest
 from hst.data.spec import load_dataset
 from hst.engine.module import PartialLabelModule, load_module
-
-try:
-    from tiny_run import TINY, tiny_checkpoint
-except ImportError:  # tests collected as a package
-    from tests.tiny_run import TINY, tiny_checkpoint
+from tiny_run import TINY, tiny_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

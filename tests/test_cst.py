@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+import reference_hst as ref
 from hst.losses import threshold_pseudo_labels
 from hst.models.cst import (
     Prototypes,
@@ -14,11 +15,6 @@ from hst.models.cst import (
     kmeans,
     prototypes_from_lists,
 )
-
-try:
-    import reference_hst as ref
-except ImportError:  # tests collected as a package
-    from tests import reference_hst as ref
 
 
 def _blobs(num_centers: int, per_center: int, dim: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -8,14 +8,10 @@ import numpy as np
 import pytest
 import yaml
 
+from conftest import real_data
 from hst.data.base import DataError
 from hst.models import embeddings
 from hst.models.embeddings import EmbeddingError, class_name_words, load_label_embeddings
-
-try:
-    from conftest import real_data
-except ImportError:  # tests collected as a package
-    from tests.conftest import real_data
 
 VOC_CLASSES = [
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",

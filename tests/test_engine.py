@@ -18,11 +18,7 @@ from hst.data.splits import prepare_splits
 from hst.engine.module import PartialLabelModule
 from hst.engine.train import train
 from hst.metrics import chance_map
-
-try:
-    from tiny_run import TINY
-except ImportError:  # tests collected as a package
-    from tests.tiny_run import TINY
+from tiny_run import TINY
 
 
 def tiny_config(tmp_path: Path, *extra: str) -> TrainConfig:

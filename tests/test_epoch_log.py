@@ -10,11 +10,7 @@ import sys
 from pathlib import Path
 
 from hst.engine.epoch_log import epoch_line, silence_tips
-
-try:
-    from tiny_run import TINY
-except ImportError:  # tests collected as a package
-    from tests.tiny_run import TINY
+from tiny_run import TINY
 
 LINE = re.compile(r"^\[tiny\] epoch (\d+)/3  loss [0-9.]+ \(.*\)  val mAP [0-9.]+  (pseudo labels .*  )?[0-9.]+ s$")
 

@@ -16,6 +16,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from fault_jobs import job
 from hst.apps.benchmark import FAILURES_FILE, BenchmarkError, BenchmarkOptions, run_benchmark
 from hst.apps.benchmark_workers import KILL_CELL_ENV
 from hst.apps.results import FIELDS, read_results
@@ -24,13 +25,7 @@ from hst.data.splits import prepare_splits
 from hst.engine.datamodule import PartialLabelDataModule, last_batch_size
 from hst.engine.train import resume_training
 from hst.io import OWNER_NAME, FolderBusyError, WriteError, atomic_write, folder_lock, write_text_atomic
-
-try:
-    from fault_jobs import job
-    from tiny_run import TINY
-except ImportError:  # tests collected as a package
-    from tests.fault_jobs import job
-    from tests.tiny_run import TINY
+from tiny_run import TINY
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import real_data
 from hst.data.base import MultiLabelData
 from hst.data.batches import PixelBatches
 from hst.data.spec import load_dataset
@@ -17,11 +18,6 @@ from hst.feature_cache import extract_features
 from hst.models import frozen_runtime
 from hst.models.backbone import Backbone, create_backbone
 from hst.models.frozen_runtime import OnnxRunner, TorchRunner, frozen_features, frozen_runner
-
-try:
-    from conftest import real_data
-except ImportError:  # tests collected as a package
-    from tests.conftest import real_data
 
 SIZE = 224  # half the benchmark size: the same graph, a quarter of the work
 PHOTOS = 6

@@ -10,10 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-try:
-    from conftest import real_data
-except ImportError:  # tests collected as a package
-    from tests.conftest import real_data
+from conftest import real_data
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_LINE = re.compile(

@@ -20,11 +20,7 @@ import hst.engine.train as engine_train
 from hst.config import TrainConfig, resolve_config
 from hst.data.splits import Splits
 from hst.engine.train import train
-
-try:
-    from tiny_run import TINY
-except ImportError:  # tests collected as a package
-    from tests.tiny_run import TINY
+from tiny_run import TINY
 
 # Enough images and lenient calibration for the pseudo-label round to give pseudo positives and negatives.
 INVARIANCE = [

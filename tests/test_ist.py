@@ -7,6 +7,7 @@ import itertools
 import pytest
 import torch
 
+import reference_hst as ref
 from hst.losses import threshold_pseudo_labels
 from hst.models.ist import (
     ISTHead,
@@ -17,11 +18,6 @@ from hst.models.ist import (
     row_blocks,
 )
 from hst.models.ist_kernel import block_pairs, folded_width
-
-try:
-    import reference_hst as ref
-except ImportError:  # tests collected as a package
-    from tests import reference_hst as ref
 
 
 @pytest.mark.parametrize("num", [2, 5, 20])

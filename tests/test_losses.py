@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import reference_hst as ref
 from hst.losses import (
     instance_contrastive_loss,
     intra_cooccurrence_loss,
@@ -14,11 +15,6 @@ from hst.losses import (
     threshold_pseudo_labels,
 )
 from hst.models.cst import Prototypes
-
-try:
-    import reference_hst as ref
-except ImportError:  # tests collected as a package
-    from tests import reference_hst as ref
 
 
 def _labels(batch: int, num: int, seed: int, probs: tuple[float, float, float] = (0.4, 0.3, 0.3)) -> torch.Tensor:

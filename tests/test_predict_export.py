@@ -23,11 +23,7 @@ from hst.data.synthetic import make_synthetic
 from hst.data.transforms import build_transform
 from hst.engine.module import PartialLabelModule, load_module
 from hst.engine.train import train
-
-try:
-    from tiny_run import TINY as _TINY
-except ImportError:  # tests collected as a package
-    from tests.tiny_run import TINY as _TINY
+from tiny_run import TINY as _TINY
 
 # float sums depend on the thread count, and tiny tensors gain nothing from threads
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from _helpers_bad_input import raises_with, write
+from conftest import real_data
 from hst.data.readers import (
     VOC_CLASSES,
     read_coco,
@@ -18,17 +20,6 @@ from hst.data.readers import (
     read_yolo,
 )
 from hst.data.spec import load_dataset
-
-try:
-    from conftest import real_data
-except ImportError:  # tests collected as a package
-    from tests.conftest import real_data
-
-try:
-    from _helpers_bad_input import raises_with, write
-except ImportError:  # tests collected as a package
-    from tests._helpers_bad_input import raises_with, write
-
 
 # ---------------------------------------------------------------- YOLO
 

@@ -10,25 +10,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from _helpers_bad_input import raises_with, write
+from conftest import real_data
 from hst.data.base import MultiLabelData
 from hst.data.readers import (
     VOC_CLASSES,
     read_csv_manifest,
     read_jsonl_manifest,
     write_csv_manifest,
+    write_manifest_head,
 )
 from hst.data.spec import load_dataset
-
-try:
-    from conftest import real_data
-except ImportError:  # tests collected as a package
-    from tests.conftest import real_data
-
-try:
-    from _helpers_bad_input import raises_with, write
-except ImportError:  # tests collected as a package
-    from tests._helpers_bad_input import raises_with, write
-
 
 # ---------------------------------------------------------------- CSV manifest
 
@@ -212,3 +204,19 @@ def test_write_csv_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.undo()
     write_csv_manifest(data, out)
     assert out.read_text() == "image,cat\na.jpg,1\n"
+
+
+def test_manifest_head_keeps_the_first_rows_with_absolute_paths(tmp_path: Path) -> None:
+    source_dir = tmp_path / "data"
+    (source_dir / "img").mkdir(parents=True)
+    elsewhere = tmp_path / "elsewhere.jpg"
+    write(source_dir / "labels.csv", f"image,cat,dog\nimg/a.jpg,1,\n{elsewhere},-1,1\nimg/c.jpg,,1\n")
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    images = write_manifest_head(source_dir / "labels.csv", 2, out_dir / "head.csv")
+    assert images == [(source_dir / "img" / "a.jpg").resolve(), elsewhere.resolve()]
+    assert (out_dir / "head.csv").read_text().splitlines() == [
+        "image,cat,dog",
+        f"{images[0]},1,",
+        f"{images[1]},-1,1",
+    ]

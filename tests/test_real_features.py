@@ -8,30 +8,20 @@ from pathlib import Path
 
 import pytest
 
+from conftest import real_data
 from hst.config import TrainConfig, resolve_config
+from hst.data.readers import write_manifest_head
 from hst.data.splits import prepare_splits
 from hst.engine.train import train
 from hst.metrics import chance_map
-
-try:
-    from conftest import real_data
-except ImportError:  # tests collected as a package
-    from tests.conftest import real_data
 
 SUBSET = 400
 
 
 def _subset_manifest(tmp_path: Path) -> Path:
     """The first ``SUBSET`` VOC images as a CSV manifest in ``tmp_path`` (image paths made absolute)."""
-    source = real_data("voc2007-train", "labels.csv")
-    with source.open(newline="") as handle:
-        rows = list(csv.reader(handle))
     out = tmp_path / "voc-subset.csv"
-    with out.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(rows[0])
-        for row in rows[1 : SUBSET + 1]:
-            writer.writerow([str((source.parent / row[0]).resolve()), *row[1:]])
+    write_manifest_head(real_data("voc2007-train", "labels.csv"), SUBSET, out)
     return out
 
 

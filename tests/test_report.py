@@ -16,11 +16,7 @@ from PIL import Image
 from hst.apps.report import FIGURE_FILES, REPORT_FILE, build_report
 from hst.config import TrainConfig, resolve_config
 from hst.engine.train import train
-
-try:
-    from tiny_run import TINY
-except ImportError:  # tests collected as a package
-    from tests.tiny_run import TINY
+from tiny_run import TINY
 
 RUN_FIGURES = ["loss", "map", "per_class_ap", "thresholds", "pseudo_labels"]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

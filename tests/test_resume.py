@@ -25,11 +25,7 @@ from hst.engine.train import KILL_AT_STEP_ENV, RunResult, resume_training, train
 from hst.methods import create
 from hst.methods.base import StepContext
 from hst.models.network import NetworkOutput
-
-try:
-    from tiny_run import TINY
-except ImportError:  # tests collected as a package
-    from tests.tiny_run import TINY
+from tiny_run import TINY
 
 # float sums depend on the thread count, and tiny tensors gain nothing from threads
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -17,37 +17,23 @@ import numpy as np
 import pytest
 
 import hst.apps.review_loop as review_loop
+from _helpers_review import (
+    Server,
+    body_data,
+    browser_binaries,
+    chromium,
+    get_json,
+    load,
+    post_json,
+    press,
+    wait_for,
+)
 from hst.data.readers import read_csv_manifest
 from hst.methods.question_policy import ask
 from hst.review.app import make_server
 from hst.review.loop import ROUND_SIZE, model_path
 from hst.review.session import ReviewSession, log_path
 from hst.review.suggest import open_review
-
-try:
-    from _helpers_review import (
-        Server,
-        body_data,
-        browser_binaries,
-        chromium,
-        get_json,
-        load,
-        post_json,
-        press,
-        wait_for,
-    )
-except ImportError:  # tests collected as a package
-    from tests._helpers_review import (
-        Server,
-        body_data,
-        browser_binaries,
-        chromium,
-        get_json,
-        load,
-        post_json,
-        press,
-        wait_for,
-    )
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

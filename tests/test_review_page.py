@@ -10,37 +10,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from _helpers_review import (
+    P,
+    Server,
+    body_data,
+    browser_binaries,
+    chromium,
+    get_json,
+    load,
+    log_events,
+    post_json,
+    press,
+    wait_for,
+)
 from hst.data.readers import read_csv_manifest
 from hst.review.session import log_path
-
-try:
-    from _helpers_review import (
-        P,
-        Server,
-        body_data,
-        browser_binaries,
-        chromium,
-        get_json,
-        load,
-        log_events,
-        post_json,
-        press,
-        wait_for,
-    )
-except ImportError:  # tests collected as a package
-    from tests._helpers_review import (
-        P,
-        Server,
-        body_data,
-        browser_binaries,
-        chromium,
-        get_json,
-        load,
-        log_events,
-        post_json,
-        press,
-        wait_for,
-    )
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from _helpers_review import P, log_events
 from hst.apps.complete import complete
 from hst.cli import main
 from hst.config import ConfigError, DataConfig, resolve_config
@@ -21,16 +22,7 @@ from hst.data.splits import prepare_splits
 from hst.review.app import create_app
 from hst.review.session import ReviewSession, Suggestion, log_path, order, value_of
 from hst.review.suggest import open_review, promise_lines
-
-try:
-    from tiny_run import TINY
-except ImportError:  # tests collected as a package
-    from tests.tiny_run import TINY
-
-try:
-    from _helpers_review import P, log_events
-except ImportError:  # tests collected as a package
-    from tests._helpers_review import P, log_events
+from tiny_run import TINY
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

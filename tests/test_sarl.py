@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+import reference_hst as ref
 from hst.models.sarl import (
     SARL,
     ElementWiseLinear,
@@ -15,11 +16,6 @@ from hst.models.sarl import (
     SemanticDecoupling,
     cooccurrence_adjacency,
 )
-
-try:
-    import reference_hst as ref
-except ImportError:  # tests collected as a package
-    from tests import reference_hst as ref
 
 
 def _check_against_reference(fast_out: list[torch.Tensor], ref_out: list[torch.Tensor], inputs: list) -> None:

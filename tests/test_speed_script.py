@@ -14,12 +14,8 @@ from hst.models.ist import ISTHead
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
+import reference_hst as ref  # noqa: E402
 import speed  # noqa: E402
-
-try:
-    import reference_hst as ref
-except ImportError:  # tests collected as a package
-    from tests import reference_hst as ref
 
 CPU = torch.device("cpu")
 TINY = speed.IstDims(feature_dim=32, hidden_dim=16, output_dim=32)

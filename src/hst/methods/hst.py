@@ -276,12 +276,13 @@ class HST(Method):
             weak_weight = 1.0 / max(self.num_classes - 1, 1)
         if ctx.epoch >= c.pseudo_label_epoch and self.pseudo_targets is not None:
             pseudo = self.pseudo_targets[ctx.indices.to(self.pseudo_targets.device)].to(labels.device, labels.dtype)
+            given = float((~known & (pseudo != 0)).sum())  # the rule's labels, not the weak negatives filled next
             pseudo = torch.where((pseudo == 0) & weak[None, :], torch.full_like(pseudo, -1), pseudo)
             targets = torch.where(known, labels, pseudo)
             unknown_weight = torch.where(weak[None, :] & (pseudo < 0), weak_weight, c.pseudo_label_weight)
             weights = torch.where(known, 1.0, torch.where(pseudo != 0, unknown_weight, 0.0))
             loss = weighted_bce(logits, targets, weights)
-            return loss, {"bce": float(loss.detach()), "pseudo_entries": float((~known & (pseudo != 0)).sum())}
+            return loss, {"bce": float(loss.detach()), "pseudo_entries": given}
         targets = torch.where(known, labels, torch.full_like(labels, -1))
         unknown_weight = torch.where(weak[None, :], weak_weight, c.unknown_negative_weight)
         weights = torch.where(known, 1.0, unknown_weight)

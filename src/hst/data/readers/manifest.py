@@ -218,3 +218,18 @@ def write_csv_manifest(data: MultiLabelData, path: Path, image_column: list[str]
         writer.writerow(["image", *data.class_names])
         for cell, row in zip(cells, data.labels.tolist(), strict=True):
             writer.writerow([cell, *row])
+
+
+def write_manifest_head(source: Path, count: int, out: Path) -> list[Path]:
+    """The first ``count`` images of the CSV manifest ``source`` as the manifest ``out``, their paths made absolute
+    so that ``out`` can live anywhere; returns those images (benchmarks and checks on a subset of a dataset)."""
+    with Path(source).open(newline="") as handle:
+        rows = list(csv.reader(handle))[: count + 1]
+    if not rows:
+        raise DataError(f"{source}: empty manifest")
+    images = [resolve_image(Path(source).parent, row[0]).resolve() for row in rows[1:]]
+    with Path(out).open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(rows[0])
+        writer.writerows([str(image), *row[1:]] for image, row in zip(images, rows[1:], strict=True))
+    return images
