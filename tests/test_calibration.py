@@ -93,6 +93,16 @@ def test_the_sequential_scan_stops_at_the_first_failing_cut() -> None:
     assert class_threshold(scores, wanted, 0.8, 1, 1, 0.0, sequential=False)[:2] == (scores[65], 66)
 
 
+def test_an_unknown_scan_is_refused_naming_the_key() -> None:
+    from hst.methods.pseudo_label_round import RoundSettings
+
+    assert RoundSettings.from_method(MethodConfig(calibration_scan="lowest")).sequential is False
+    with pytest.raises(ValueError, match=r"method\.calibration_scan: 'upward'"):
+        RoundSettings.from_method(MethodConfig(calibration_scan="upward"))
+    with pytest.raises(ValueError, match=r"method\.calibration_scan"):
+        create("hst", MethodConfig(calibration_scan="upward"), 4, 6, 10)
+
+
 def test_the_sequential_scan_keeps_the_bound_level_where_the_lowest_passing_cut_does_not() -> None:
     """Fully labelled classes of 1,000 entries, scores N(2, 1) / N(0, 1) at prevalence 0.2 (true precision in closed
     form). A one-sided 90% bound (z = 1.28) promises that at most 10% of the chosen thresholds fall below the

@@ -102,7 +102,8 @@ def class_threshold(
     reviewed: ReviewedPool | None = None,
     sequential: bool = True,
 ) -> tuple[float, int, int, str]:
-    """Lowest score ``t`` whose known entries scoring ``≥ t`` reach ``target`` precision (Wilson bound at ``z``).
+    """Threshold ``t``: the lowest score whose known entries scoring ``≥ t`` reach ``target`` precision (Wilson
+    bound at ``z``), among the cuts walked from the top down to the first failure (``sequential``) or among all.
 
     ``scores``: the known entries of one class (NaN = not scored, ignored); ``wanted``: which of them carry the
     label being given. Returns ``(t, entries ≥ t, wanted ones among them, reason)``; ``t = inf`` with a reason when

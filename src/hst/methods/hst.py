@@ -70,6 +70,7 @@ class HST(Method):
             raise ValueError(f"method.pseudo_label_oracle must be one of {ORACLES}, got {config.pseudo_label_oracle!r}")
         if config.pseudo_label_oracle != "none" and config.thresholds != "calibrated":
             raise ValueError("method.pseudo_label_oracle needs method.thresholds=calibrated")
+        RoundSettings.from_method(config)  # a bad calibration key fails here, not at the first epoch
         self.ist_head = (
             ISTHead(num_classes, feature_dim, feature_dim // 2, feature_dim, kernel=config.ist_kernel)
             if config.use_ist
