@@ -47,6 +47,11 @@ THRESHOLD_MODES = ("calibrated", "learned", "fixed")
 log = logging.getLogger(__name__)
 
 
+def classes_without_negatives(labels: np.ndarray) -> np.ndarray:
+    """bool C: the classes with no known negative, whose unknown entries HST takes as weak negatives."""
+    return ~(labels < 0).any(0)
+
+
 def _pooled_of(batch: FeatureBatch) -> torch.Tensor:
     if batch.pooled is None:
         raise ValueError(
@@ -91,17 +96,21 @@ class HST(Method):
     def calibrated(self) -> bool:
         return self.config.thresholds == "calibrated"
 
+    @property
+    def weak_weight(self) -> float:
+        """Loss weight of the unknown entries of classes without a known negative (None in the config: 1/(C − 1))."""
+        weight = self.config.weak_negative_weight
+        return 1.0 / max(self.num_classes - 1, 1) if weight is None else weight
+
     def class_prior(self, labels: np.ndarray) -> np.ndarray:
         """The known positive rate, except in classes without a known negative (calibrated mode), whose unknown
         entries are weak negatives: there the rate the weighted BCE trains towards, not the ~1 of positives only."""
         prior = super().class_prior(labels)
-        weak = ~(labels < 0).any(0)
+        weak = classes_without_negatives(labels)
         if not self.calibrated or not weak.any():
             return prior
-        weight = self.config.weak_negative_weight
-        weight = 1.0 / max(self.num_classes - 1, 1) if weight is None else weight
         positives, unknown = (labels > 0).sum(0), (labels == 0).sum(0)
-        weighted = (positives + 0.5) / (positives + weight * unknown + 1.0)
+        weighted = (positives + 0.5) / (positives + self.weak_weight * unknown + 1.0)
         return np.where(weak, weighted, prior)
 
     def _threshold_logs(self) -> dict[str, float]:
@@ -236,7 +245,7 @@ class HST(Method):
             return {}
         rows_np, labels, full, pooled = self._gather_sorted(*(torch.cat(parts[k]) for k in parts))
         labels = labels.astype(np.int8)
-        weak = ~(labels < 0).any(0)
+        weak = classes_without_negatives(labels)
         self.weak_negative_classes = torch.from_numpy(weak)
         if weak.any():
             log.warning("%d classes have no known negative: their unknown entries are weak negatives", int(weak.sum()))
@@ -272,9 +281,7 @@ class HST(Method):
         weak = torch.zeros(labels.shape[1], dtype=torch.bool, device=labels.device)
         if self.weak_negative_classes is not None:
             weak = self.weak_negative_classes.to(labels.device)
-        weak_weight = c.weak_negative_weight
-        if weak_weight is None:
-            weak_weight = 1.0 / max(self.num_classes - 1, 1)
+        weak_weight = self.weak_weight
         if ctx.epoch >= c.pseudo_label_epoch and self.pseudo_targets is not None:
             pseudo = self.pseudo_targets[ctx.indices.to(self.pseudo_targets.device)].to(labels.device, labels.dtype)
             given = float((~known & (pseudo != 0)).sum())  # the rule's labels, not the weak negatives filled next
