@@ -1,7 +1,7 @@
 """Shared fixtures, and where the tests find the real photos (``real_data``)."""
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -79,3 +79,21 @@ def manifests(review_manifests: tuple[Path, Path]) -> tuple[Path, Path]:
 @pytest.fixture(scope="module")
 def checkpoint(review_checkpoint: Path) -> Path:
     return review_checkpoint
+
+
+@pytest.fixture
+def server_factory(review_checkpoint: Path, review_manifests: tuple[Path, Path]) -> Iterator[Callable[..., object]]:
+    """Starts ``hst review`` servers (``_helpers_review.Server``) on the review data and model; kills the ones left
+    running when the test ends."""
+    from _helpers_review import Server
+
+    started: list[Server] = []
+
+    def start(out: Path, *options: str, launch: tuple[str, ...] = ("-m", "hst.cli")) -> Server:
+        started.append(Server(review_checkpoint, review_manifests[1], out, *options, launch=launch))
+        return started[-1]
+
+    yield start
+    for server in started:
+        if server.process.poll() is None:
+            server.kill()

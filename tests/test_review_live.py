@@ -244,25 +244,11 @@ def wait_status(url: str, check: Callable[[dict[str, Any]], bool], what: str, ti
     raise AssertionError(f"{what}: {status}")
 
 
-@pytest.fixture
-def servers(review_checkpoint: Path, review_manifests: tuple[Path, Path]) -> Iterator[Callable[..., Server]]:
-    started: list[Server] = []
-
-    def start(out: Path, *options: str, launch: tuple[str, ...] = ("-m", "hst.cli")) -> Server:
-        started.append(Server(review_checkpoint, review_manifests[1], out, *options, launch=launch))
-        return started[-1]
-
-    yield start
-    for server in started:
-        if server.process.poll() is None:
-            server.kill()
-
-
 @pytest.mark.slow
-def test_killed_during_an_update_a_restart_loses_nothing(servers: Callable[..., Server], tmp_path: Path) -> None:
+def test_killed_during_an_update_a_restart_loses_nothing(server_factory: Callable[..., Server], tmp_path: Path) -> None:
     out = tmp_path / "reviewed.csv"
     slow = launcher(tmp_path, slow_from=2, seconds=600)
-    server = servers(out, "--round-size", "2", launch=slow)
+    server = server_factory(out, "--round-size", "2", launch=slow)
     state = get_json(f"{server.url}api/state")
     entries = [(row[0], row[1]) for row in state["suggestions"]]
 
@@ -279,7 +265,7 @@ def test_killed_during_an_update_a_restart_loses_nothing(servers: Callable[..., 
     assert json.loads(model_path(out).read_text())["version"] == 1
     assert len(saved_decisions(out)) == 5
     # Restarted: every answer is there, the last completed model ranks, and the waiting round is learnt.
-    again = servers(out, "--round-size", "2", launch=launcher(tmp_path, slow_from=2, seconds=5))
+    again = server_factory(out, "--round-size", "2", launch=launcher(tmp_path, slow_from=2, seconds=5))
     assert any("5 already decided" in line for line in again.output)
     assert any("model v1 (trained on 2 answers)" in line for line in again.output)
     state = get_json(f"{again.url}api/state")
@@ -290,13 +276,13 @@ def test_killed_during_an_update_a_restart_loses_nothing(servers: Callable[..., 
 
 
 @pytest.mark.slow
-def test_review_page_loop_in_headless_chromium(servers: Callable[..., Server], tmp_path: Path) -> None:
+def test_review_page_loop_in_headless_chromium(server_factory: Callable[..., Server], tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
 
     browser_binaries()  # before the server starts
     out = tmp_path / "reviewed.csv"
     # every update takes at least 4 s of real updates on the 2 cores: the page is measured while one runs
-    server = servers(out, "--round-size", str(ROUND), launch=launcher(tmp_path, slow_from=1, seconds=4))
+    server = server_factory(out, "--round-size", str(ROUND), launch=launcher(tmp_path, slow_from=1, seconds=4))
     first = get_json(f"{server.url}api/state")
     names, images = first["classes"], first["images"]
     with chromium(tmp_path / "profile") as driver:
@@ -332,7 +318,7 @@ def test_review_page_loop_in_headless_chromium(servers: Callable[..., Server], t
         server.kill()
         assert json.loads(model_path(out).read_text())["version"] == 1
         assert len(saved_decisions(out)) == ROUND + 3
-        again = servers(out, "--round-size", str(ROUND), launch=launcher(tmp_path, slow_from=1, seconds=4))
+        again = server_factory(out, "--round-size", str(ROUND), launch=launcher(tmp_path, slow_from=1, seconds=4))
         assert any(f"model v1 (trained on {ROUND} answers)" in line for line in again.output)
         load(driver, again.url)
         assert body_data(driver, "decided") == str(ROUND + 3) and body_data(driver, "version") in ("1", "2")

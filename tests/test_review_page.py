@@ -3,7 +3,7 @@ decisions, resuming after a kill) and the review page in a real headless Chromiu
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -27,20 +27,6 @@ from hst.data.readers import read_csv_manifest
 from hst.review.session import log_path
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture
-def server_factory(checkpoint: Path, manifests: tuple[Path, Path]) -> Iterator[Callable[..., Server]]:
-    started: list[Server] = []
-
-    def start(out: Path, *options: str) -> Server:
-        started.append(Server(checkpoint, manifests[1], out, *options))
-        return started[-1]
-
-    yield start
-    for server in started:
-        if server.process.poll() is None:
-            server.kill()
 
 
 @pytest.mark.slow
