@@ -48,7 +48,7 @@ import numpy as np
 
 if kind == "checkpoint":
     import torch
-    from hst.checkpoint import AtomicCheckpointIO
+    from hst.engine.checkpoint_io import AtomicCheckpointIO
     payload = {"state_dict": {"w": torch.zeros(1 << 18)}, "epoch": 2}
     write = lambda: AtomicCheckpointIO().save_checkpoint(payload, folder / "checkpoints" / "last.ckpt")
 elif kind == "results":
@@ -91,7 +91,7 @@ def _previous_files(kind: str, folder: Path) -> Path:
     if kind == "checkpoint":
         import torch
 
-        from hst.checkpoint import AtomicCheckpointIO
+        from hst.engine.checkpoint_io import AtomicCheckpointIO
 
         io = AtomicCheckpointIO()
         io.save_checkpoint({"state_dict": {"w": torch.ones(4)}, "epoch": 0}, folder / "checkpoints" / "last.ckpt")

@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 import torch
 
-from hst.checkpoint import LAST_CHECKPOINT, PREVIOUS_CHECKPOINT, AtomicCheckpointIO, plain, resume_checkpoint
+from hst.checkpoint import LAST_CHECKPOINT, PREVIOUS_CHECKPOINT, plain, resume_checkpoint
 from hst.config import MethodConfig, TrainConfig, resolve_config
+from hst.engine.checkpoint_io import AtomicCheckpointIO
 from hst.engine.resume import rng_state, set_rng_state
 from hst.engine.train import KILL_AT_STEP_ENV, RunResult, resume_training, train
 from hst.methods import create

@@ -1,24 +1,22 @@
-"""Checkpoint files: their names, the atomic writer, the weights-only reader and the config they carry.
+"""Checkpoint files: their names, the weights-only reader and the config they carry.
 
 A checkpoint is a plain dict (tensors, numbers, strings, lists, dicts): ``torch.load(weights_only=True)``
 reads it without unpickling classes. Its ``hst_*`` entries (format :data:`CHECKPOINT_FORMAT`) carry the
 config as a dict, the class names and the method state, so that a file loads without the run folder;
 :func:`config_from_dict` rebuilds the config of any version, filling keys added since with what that
-version meant. The engine writes them through :class:`AtomicCheckpointIO`; ``PartialLabelModule.from_checkpoint``
-rebuilds a model.
+version meant. The engine writes them atomically (:mod:`hst.engine.checkpoint_io`);
+``TrainedModel.from_checkpoint`` (:mod:`hst.engine.trained_model`) rebuilds a model. Nothing here imports Lightning.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from hst.config import TrainConfig
 from hst.io import atomic_path
@@ -58,28 +56,6 @@ PREVIOUS_CHECKPOINT = "last.ckpt.prev"
 """The ``last.ckpt`` before the newest one; the fallback when the newest does not load."""
 DAMAGED_CHECKPOINT = "last.ckpt.damaged"
 """Where a resumed run moves a ``last.ckpt`` that did not load."""
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Checkpoints written whole or not at all (temporary file, fsync, rename), loaded weights-only.
-
-    Before ``last.ckpt`` is replaced, the previous one is renamed to ``last.ckpt.prev``: a run stopped while
-    the newest checkpoint is written, or whose newest file is damaged, resumes from the one before.
-    """
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
-        target = Path(path)
-
-        def keep_previous() -> None:
-            # Only once the new file is whole on disk: a failed write leaves last.ckpt and last.ckpt.prev as they were.
-            if target.name == LAST_CHECKPOINT and target.is_file():
-                os.replace(target, target.with_name(PREVIOUS_CHECKPOINT))
-
-        with atomic_path(target, before_replace=keep_previous) as temp, temp.open("wb") as handle:
-            torch.save(checkpoint, handle)
-
-    def load_checkpoint(self, path: Any, map_location: Any | None = None, weights_only: bool | None = None) -> Any:
-        return super().load_checkpoint(path, map_location=map_location, weights_only=True)
 
 
 def resume_checkpoint(run_dir: Path | str) -> Path | None:
@@ -172,7 +148,6 @@ __all__ = [
     "DAMAGED_CHECKPOINT",
     "LAST_CHECKPOINT",
     "PREVIOUS_CHECKPOINT",
-    "AtomicCheckpointIO",
     "config_from_dict",
     "plain",
     "read_checkpoint",

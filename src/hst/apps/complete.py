@@ -37,7 +37,7 @@ import torch
 from hst.apps.inference import RunOptions, csv_text, load_module, resolve_threshold, run_network
 from hst.config import ConfigError
 from hst.data.base import DataError, MultiLabelData
-from hst.engine.module import PartialLabelModule
+from hst.engine.trained_model import TrainedModel
 from hst.io import write_text_atomic
 from hst.labels import LABEL_DTYPE, NEGATIVE, POSITIVE, UNKNOWN
 from hst.methods.base import Evidence
@@ -261,13 +261,13 @@ def load_partial(
     return images, (truth if np.any(truth != UNKNOWN) else None), list(given.image_ids)
 
 
-def evidence_sources(module: PartialLabelModule) -> list[Evidence]:
+def evidence_sources(module: TrainedModel) -> list[Evidence]:
     """The evidence sources the checkpoint's method provides, with the thresholds it was trained with."""
     return module.method.evidence(set(module.method_keys_missing))
 
 
 def complete(
-    checkpoint: str | Path | PartialLabelModule,
+    checkpoint: str | Path | TrainedModel,
     partial_labels: str | Path,
     out_csv: str | Path,
     data: str | MultiLabelData | None = None,
@@ -279,7 +279,7 @@ def complete(
 ) -> CompletionResult:
     """Fill the unknown entries of ``partial_labels`` with ``checkpoint`` and write ``out_csv``.
 
-    ``checkpoint``: a checkpoint file or a module already loaded (see ``PartialLabelModule.from_checkpoint``).
+    ``checkpoint``: a checkpoint file or a module already loaded (see ``TrainedModel.from_checkpoint``).
     ``partial_labels``: a CSV manifest (as written by ``hst make-partial``) whose images are read from
     the paths in it, or any data spec; with ``data`` (a data spec holding the images and their full
     labels) the CSV's rows are matched to it and precision / recall are reported at ``levels``.

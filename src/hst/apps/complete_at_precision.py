@@ -28,7 +28,7 @@ from hst.apps.complete import confidence_path, load_partial
 from hst.apps.inference import csv_text, run_network
 from hst.config import ConfigError
 from hst.data.base import DataError, MultiLabelData
-from hst.engine.module import PartialLabelModule
+from hst.engine.trained_model import TrainedModel
 from hst.io import write_text_atomic
 from hst.labels import LABEL_DTYPE, UNKNOWN
 from hst.methods.calibration import Calibration, clopper_pearson
@@ -115,7 +115,7 @@ def classes_path(out_csv: Path) -> Path:
     return out_csv.with_name(out_csv.stem + ".classes.csv")
 
 
-def label_free_module(module: PartialLabelModule) -> tuple[PartialLabelModule, str]:
+def label_free_module(module: TrainedModel) -> tuple[TrainedModel, str]:
     """The checkpoint's module with its backbone back at its pretrained weights when training changed them, and a
     note when that is impossible (a backbone trained from random weights)."""
     if module.config.model.trainable == "none":
@@ -134,7 +134,7 @@ def label_free_module(module: PartialLabelModule) -> tuple[PartialLabelModule, s
 
 
 def _cached_pooled(
-    module: PartialLabelModule,
+    module: TrainedModel,
     images: MultiLabelData,
     image_size: int | None,
     batch_size: int,
@@ -164,7 +164,7 @@ def _cached_pooled(
 
 
 def complete_at_precision(
-    module: PartialLabelModule,
+    module: TrainedModel,
     partial_labels: str | Path,
     out_csv: str | Path,
     precision: float,

@@ -15,13 +15,13 @@ from hst.data.readers import read_csv_manifest
 from hst.data.scores import align_scores, read_scores_csv
 from hst.data.spec import load_dataset
 from hst.data.transforms import build_transform
-from hst.engine.module import PartialLabelModule
+from hst.engine.trained_model import TrainedModel
 from hst.metrics import MultiLabelMetrics, evaluate
 
 
 def evaluate_checkpoint(checkpoint_path: Path, data_spec: str, batch_size: int = 64) -> dict[str, Any]:
     """Score a dataset with a trained checkpoint and return the metrics dict."""
-    module = PartialLabelModule.from_checkpoint(checkpoint_path)
+    module = TrainedModel.from_checkpoint(checkpoint_path)
     config = module.config
     data = load_dataset(data_spec).with_max_pixels(config.data.max_image_pixels)
     if data.class_names != module.class_names:

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from hst.config import ConfigError
-from hst.engine.module import PartialLabelModule
+from hst.engine.trained_model import TrainedModel
 from hst.io import atomic_path, write_text_atomic
 from hst.models.network import PartialLabelNetwork
 
@@ -73,7 +73,7 @@ def sidecar_path(path: Path) -> Path:
 
 
 def _sidecar(
-    module: PartialLabelModule, fmt: str, image_size: int, checkpoint: Path | None, max_abs_diff: float
+    module: TrainedModel, fmt: str, image_size: int, checkpoint: Path | None, max_abs_diff: float
 ) -> dict[str, Any]:
     backbone = module.network.backbone
     return {
@@ -172,7 +172,7 @@ def _run_torchscript(path: Path, images: np.ndarray) -> np.ndarray:
 
 
 def export_module(
-    module: PartialLabelModule,
+    module: TrainedModel,
     out: Path,
     fmt: str = "onnx",
     image_size: int | None = None,
@@ -232,7 +232,7 @@ def export_checkpoint(
     tolerance: float = DEFAULT_TOLERANCE,
 ) -> ExportResult:
     """Load ``checkpoint`` (written by ``hst train``) and export it; see :func:`export_module`."""
-    module = PartialLabelModule.from_checkpoint(Path(checkpoint))
+    module = TrainedModel.from_checkpoint(Path(checkpoint))
     return export_module(module, Path(out), fmt, image_size, tolerance, checkpoint=Path(checkpoint))
 
 

@@ -20,7 +20,7 @@ import torch
 
 from hst.config import ConfigError
 from hst.data.base import DataError, MultiLabelData
-from hst.engine.module import DEFAULT_THRESHOLD, PartialLabelModule
+from hst.engine.trained_model import DEFAULT_THRESHOLD, TrainedModel
 from hst.models.frozen_runtime import frozen_features
 from hst.models.network import NetworkOutput
 from hst.progress import progress_bar
@@ -51,10 +51,10 @@ class RunOptions(TypedDict, total=False):
     progress: bool | None
 
 
-def load_module(model: str | Path | PartialLabelModule) -> PartialLabelModule:
+def load_module(model: str | Path | TrainedModel) -> TrainedModel:
     """A loaded module as it is, or the module a checkpoint file holds."""
     if isinstance(model, (str, Path)):
-        return PartialLabelModule.from_checkpoint(Path(model))
+        return TrainedModel.from_checkpoint(Path(model))
     return model
 
 
@@ -125,7 +125,7 @@ def device_of(name: str) -> torch.device:
     return torch.device(name)
 
 
-def resolve_threshold(threshold: float | str, module: PartialLabelModule) -> tuple[float, np.ndarray | None]:
+def resolve_threshold(threshold: float | str, module: TrainedModel) -> tuple[float, np.ndarray | None]:
     """``(threshold for all classes, per-class thresholds or None)`` from a number or ``tuned`` / ``auto``."""
     text = str(threshold).strip().lower()
     if text in {"tuned", "auto"}:
@@ -151,7 +151,7 @@ OutputFn = Callable[[NetworkOutput, list[int]], dict[str, torch.Tensor]]
 
 
 def run_network(
-    module: PartialLabelModule,
+    module: TrainedModel,
     data: MultiLabelData,
     outputs: OutputFn,
     batch_size: int = 32,

@@ -30,7 +30,7 @@ from hst.apps.inference import (
     run_network,
 )
 from hst.config import ConfigError
-from hst.engine.module import PartialLabelModule
+from hst.engine.trained_model import TrainedModel
 from hst.io import write_text_atomic
 from hst.models.network import NetworkOutput
 
@@ -144,7 +144,7 @@ class Predictions:
 
 
 def predict(
-    checkpoint: str | Path | PartialLabelModule,
+    checkpoint: str | Path | TrainedModel,
     inputs: PredictInput,
     threshold: float | str = 0.5,
     top_k: int | None = None,
@@ -152,7 +152,7 @@ def predict(
 ) -> Predictions:
     """Probabilities of ``inputs`` (image file, folder, list of paths or data spec) under ``checkpoint``.
 
-    ``checkpoint``: a checkpoint file or a module already loaded (see ``PartialLabelModule.from_checkpoint``).
+    ``checkpoint``: a checkpoint file or a module already loaded (see ``TrainedModel.from_checkpoint``).
     ``threshold`` (a probability, ``"tuned"`` or ``"auto"``, see :data:`THRESHOLD_HELP`) or ``top_k`` decides
     the predicted labels; ``run`` is how the images are read (:func:`run_network`): ``on_error='skip'`` leaves
     unreadable images out and lists them in ``Predictions.skipped``, ``device='auto'`` picks CUDA when present.

@@ -90,10 +90,10 @@ def _run_at_precision(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from hst.apps.complete_at_precision import complete_at_precision
-    from hst.engine.module import PartialLabelModule
+    from hst.engine.trained_model import TrainedModel
 
     calibrated = complete_at_precision(
-        PartialLabelModule.from_checkpoint(Path(args.checkpoint)),
+        TrainedModel.from_checkpoint(Path(args.checkpoint)),
         args.partial_labels,
         Path(args.out),
         args.precision,

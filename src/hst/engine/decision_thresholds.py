@@ -14,7 +14,8 @@ import torch
 from hst.checkpoint import read_checkpoint, save_checkpoint
 from hst.config import TrainConfig
 from hst.engine.datamodule import PartialLabelDataModule
-from hst.engine.module import DEFAULT_THRESHOLD, PartialLabelModule
+from hst.engine.module import PartialLabelModule
+from hst.engine.trained_model import DEFAULT_THRESHOLD
 from hst.engine.trainer import build_trainer
 from hst.io import write_text_atomic
 

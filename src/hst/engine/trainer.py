@@ -15,8 +15,8 @@ import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from hst.checkpoint import AtomicCheckpointIO
 from hst.config import TrainConfig
+from hst.engine.checkpoint_io import AtomicCheckpointIO
 from hst.engine.epoch_log import EpochLine, silence_tips
 
 RUN_DIR_ENV = "HST_RUN_DIR"
