@@ -97,6 +97,10 @@ class CompletionResult:
     evaluation: list[CompletionLevel] | None = None
     """Precision / recall per confidence level when ground truth was given."""
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    read_rows: list[int] | None = None
+    """With ``keep_pooled``: the rows whose images were read, in the order of ``pooled``."""
+    pooled: np.ndarray | None = None
+    """With ``keep_pooled``: the network's pooled features of ``read_rows`` (what the review loop learns from)."""
 
     @property
     def filled(self) -> np.ndarray:
@@ -275,6 +279,7 @@ def complete(
     threshold: float | str = "auto",
     evidence: bool = True,
     levels: Sequence[float] = DEFAULT_LEVELS,
+    keep_pooled: bool = False,
     **run: Unpack[RunOptions],
 ) -> CompletionResult:
     """Fill the unknown entries of ``partial_labels`` with ``checkpoint`` and write ``out_csv``.
@@ -284,8 +289,10 @@ def complete(
     the paths in it, or any data spec; with ``data`` (a data spec holding the images and their full
     labels) the CSV's rows are matched to it and precision / recall are reported at ``levels``.
     ``threshold``: ``"auto"`` (tuned per-class thresholds when the checkpoint has them, else 0.5),
-    ``"tuned"`` or a probability. ``evidence=False`` uses the classifier alone. ``run``: how the images are
-    read (:func:`run_network`). See the module docstring for the confidence rule and the output files.
+    ``"tuned"`` or a probability. ``evidence=False`` uses the classifier alone. ``keep_pooled``: also return the
+    pooled features (the review loop's, when the backbone is label-free, so it need not read the images again).
+    ``run``: how the images are read (:func:`run_network`). See the module docstring for the confidence rule and
+    the output files.
     """
     from hst.data.readers import write_csv_manifest
 
@@ -307,6 +314,8 @@ def complete(
         out = {"probabilities": torch.sigmoid(output.logits.float())}
         for source in sources:
             out[source.name] = source.score(output, known[rows])
+        if keep_pooled:
+            out["pooled"] = output.pooled
         return out
 
     rows, collected, skipped = run_network(module, images, outputs, **run)
@@ -374,6 +383,8 @@ def complete(
         cst_scores=scores.get("CST"),
         evaluation=evaluation,
         skipped=skipped,
+        read_rows=list(rows) if keep_pooled else None,
+        pooled=collected["pooled"] if keep_pooled else None,
     )
 
 

@@ -49,6 +49,8 @@ class PrecisionCompletion:
     """Why the promise may not hold (empty when it should)."""
     rows: list[int] | None = None
     """The rows whose images were read and scored (None: every row)."""
+    pooled: np.ndarray | None = None
+    """The label-free backbone's pooled features of ``rows``: what the rule scored (and the review loop learns)."""
 
     @property
     def score(self) -> np.ndarray:
@@ -113,6 +115,12 @@ class PrecisionCompletion:
 
 def classes_path(out_csv: Path) -> Path:
     return out_csv.with_name(out_csv.stem + ".classes.csv")
+
+
+def is_its_own_label_free_module(module: TrainedModel) -> bool:
+    """True when :func:`label_free_module` gives ``module`` itself: a frozen backbone, or one trained from random
+    weights (nothing to go back to)."""
+    return module.config.model.trainable == "none" or getattr(module, "pretrained_weights", "none") == "none"
 
 
 def label_free_module(module: TrainedModel) -> tuple[TrainedModel, str]:
@@ -230,7 +238,7 @@ def complete_at_precision(
     write_csv_manifest(images.with_labels(completed), out, image_column=cells)
     written = cells if cells is not None else list(images.image_ids)
     completion = PrecisionCompletion(
-        class_names, partial, completed, precision, result, out, truth, skipped, note, rows=list(rows)
+        class_names, partial, completed, precision, result, out, truth, skipped, note, rows=list(rows), pooled=pooled
     )
     _write_side_files(out, written, class_names, completed, fill, completion.score, result)
     return completion

@@ -21,7 +21,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -289,10 +289,14 @@ def loop_features(
     data: MultiLabelData,
     out_csv: Path,
     checkpoint: Path,
+    computed: tuple[Sequence[int], np.ndarray] | None = None,
     **run: Unpack[RunOptions],
 ) -> tuple[np.ndarray, np.ndarray, str]:
     """(rows read, their pooled features, the features' key) of ``data``'s images under the label-free backbone
-    ``hst complete --precision`` scores with; computed once and kept in ``OUT.features.npz``."""
+    ``hst complete --precision`` scores with; computed once and kept in ``OUT.features.npz``.
+
+    ``computed``: (rows, pooled features) of this backbone on these images that the caller has already read (the
+    pass that made the page's suggestions), so that opening a review reads the images once."""
     from hst.apps.complete_at_precision import label_free_module  # the backbone the calibrated rule reads
     from hst.apps.inference import run_network
 
@@ -306,6 +310,10 @@ def loop_features(
     found = read_features(path, key)
     if found is not None:
         return (*found, key)
+    if computed is not None:
+        rows_read, pooled_read = np.asarray(computed[0], dtype=np.int64), np.asarray(computed[1], dtype=np.float32)
+        write_features(path, key, rows_read, pooled_read)
+        return rows_read, pooled_read, key
     label_free, note = label_free_module(module)
     if note:
         log.warning("the review loop's features: %s", note)
@@ -324,15 +332,17 @@ def open_loop(
     policy: str = DEFAULT_POLICY,
     precision: float | None = None,
     calibration_labels: np.ndarray | None = None,
+    computed: tuple[Sequence[int], np.ndarray] | None = None,
     **run: Any,
 ) -> LiveLoop:
     """Attach the loop to ``session`` and start it (the first model is fit now unless a saved ranking serves).
 
     ``calibration_labels``: the labels before any review when the input was itself reviewed (default: the
-    input's); only they calibrate. ``run``: how the images are read (see :func:`loop_features`)."""
+    input's); only they calibrate. ``computed`` and ``run``: the features already read, and how to read the images
+    otherwise (see :func:`loop_features`)."""
     from hst.methods.pseudo_label_round import completion_settings
 
-    rows, pooled, key = loop_features(module, session.data, session.out_csv, checkpoint, **run)
+    rows, pooled, key = loop_features(module, session.data, session.out_csv, checkpoint, computed, **run)
     given = session.partial[rows]
     before = given if calibration_labels is None else np.asarray(calibration_labels)[rows]
     settings = completion_settings(module.config.method, precision if precision is not None else DEFAULT_PRECISION)

@@ -197,7 +197,7 @@ def open_review(
     ``on_error`` says otherwise. ``round_size`` > 0: attach the loop (:mod:`hst.review.loop`), which updates the
     model after every ``round_size`` decisions and ranks the page with ``policy``; ``calibrate_on`` calibrates it.
     """
-    from hst.engine.module import PartialLabelModule
+    from hst.engine.trained_model import TrainedModel
 
     # A review page can go on without an unreadable image.
     run.setdefault("on_error", "skip")
@@ -211,7 +211,7 @@ def open_review(
             f"{given} was itself reviewed ({log_path(given)} exists): a person's answers are not a random sample, "
             "so they must not calibrate; pass --calibrate-on with the file as it was before that review"
         )
-    module = PartialLabelModule.from_checkpoint(Path(checkpoint))
+    module = TrainedModel.from_checkpoint(Path(checkpoint))
     meta: dict[str, Any] = {"checkpoint": str(checkpoint), "input": str(given)}
     if precision is not None:
         from hst.apps.complete_at_precision import complete_at_precision
@@ -222,6 +222,10 @@ def open_review(
             completion = complete_at_precision(
                 module, given, filled, precision, calibrate_on=calibrate_on, negatives=negatives, **run
             )
+        # the rule scored the label-free backbone's features: the loop learns from the same ones
+        computed = (
+            None if completion.rows is None or completion.pooled is None else (completion.rows, completion.pooled)
+        )
         suggestions = precision_suggestions(completion)
         promise = promise_of(completion, Path(calibrate_on) if calibrate_on is not None else given, suggestions)
         meta.update(suggestions=len(suggestions), precision=precision, calibrated_on=promise["calibrated_on"])
@@ -230,7 +234,10 @@ def open_review(
         session = ReviewSession(data, cells, suggestions, out, given, rule, meta, completion.skipped, promise)
     else:
         from hst.apps.complete import complete
+        from hst.apps.complete_at_precision import is_its_own_label_free_module
 
+        # the loop learns from the label-free backbone's features: this pass gives them when they are the model's
+        keep_pooled = round_size > 0 and is_its_own_label_free_module(module)
         with tempfile.TemporaryDirectory(prefix="hst-review-") as scratch:
             # complete writes its own filled manifest; the review keeps only the numbers.
             result = complete(
@@ -240,8 +247,10 @@ def open_review(
                 min_confidence=0.5,
                 threshold=threshold,
                 evidence=evidence,
+                keep_pooled=keep_pooled,
                 **run,
             )
+        computed = (result.read_rows, result.pooled) if result.pooled is not None and result.read_rows else None
         suggestions = suggestions_from(result, module)
         meta["suggestions"] = len(suggestions)
         session = ReviewSession(data, result.images, suggestions, out, given, result.evidence, meta, result.skipped)
@@ -255,7 +264,7 @@ def open_review(
                 raise ConfigError(f"--calibrate-on {calibrate_on}: must have the rows and classes of {given}")
         reading = ("batch_size", "device", "image_size", "num_workers", "progress")
         options = {k: v for k, v in run.items() if k in reading}
-        open_loop(session, module, Path(checkpoint), round_size, policy, precision, before, **options)
+        open_loop(session, module, Path(checkpoint), round_size, policy, precision, before, computed, **options)
     return session
 
 
