@@ -128,3 +128,28 @@ def test_a_failed_export_falls_back_to_torch(
     monkeypatch.setenv(frozen_runtime.RUNTIME_ENV, "torch")
     assert isinstance(frozen_runner(backbone, SIZE, tmp_path, num_images=10_000), TorchRunner)
     assert capsys.readouterr().err == ""
+
+
+def test_the_front_through_onnx_runtime_equals_torch_in_both_orientations(
+    photos: MultiLabelData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hst.midlevel_cache import extract_front
+
+    backbone = create_backbone("tf_efficientnet_lite0", "offline", trainable="last_stage").eval()
+    transform = build_transform(SIZE, "none", backbone.mean, backbone.std)
+    images = torch.stack([transform(photos.load_image(i)) for i in range(len(photos))])
+    with torch.inference_mode():  # the front cache as it has always been meant: the mirrored normalised image
+        reference = torch.stack([backbone.forward_front(images), backbone.forward_front(images.flip(-1))], dim=1)
+
+    monkeypatch.setenv(frozen_runtime.RUNTIME_ENV, "torch")
+    in_torch = extract_front(backbone, photos, SIZE, "flip", tmp_path / "torch", batch_size=4, progress=False)
+    assert torch.equal(torch.from_numpy(np.array(in_torch.features)), reference.half())
+
+    monkeypatch.setenv(frozen_runtime.RUNTIME_ENV, "onnxruntime")
+    in_onnx = extract_front(backbone, photos, SIZE, "flip", tmp_path / "onnx", batch_size=4, progress=False)
+    assert in_onnx.key == in_torch.key
+    assert len(list((tmp_path / "onnx" / "onnx").glob(f"tf_efficientnet_lite0-{SIZE}px-front-*.onnx"))) == 1
+    stored = torch.from_numpy(np.array(in_onnx.features)).float()
+    for view in (0, 1):
+        _assert_within_cache_tolerance(stored[:, view], reference[:, view])
+    assert not torch.allclose(reference[:, 0], reference[:, 1])  # the two views differ: a real mirror

@@ -18,21 +18,20 @@ the eval transform and the orientations stored.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Generator, Sequence
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from hst.data.base import MultiLabelData
-from hst.data.datasets import InferenceImages
-from hst.data.transforms import build_transform
 from hst.feature_cache import FeatureCacheError, extraction_options, feature_cache_fields, open_or_write_cache
 from hst.models.backbone import Backbone
+from hst.models.frozen_runtime import front_fingerprint, frozen_features
 
 FRONT_CACHE_FORMAT = 1
 ORIENTATIONS = {"none": ("original",), "flip": ("original", "hflip")}
@@ -43,28 +42,14 @@ def cacheable_augment(augment: str) -> bool:
     return augment in ORIENTATIONS
 
 
-def front_fingerprint(backbone: Backbone) -> str:
-    """sha256 over the names, shapes and bytes of the front's tensors (parameters and buffers)."""
-    split = backbone.split
-    if split is None:
-        raise FeatureCacheError(f"{backbone.name}: no frozen front to cache (model.trainable={backbone.trainable!r})")
-    digest = hashlib.sha256()
-    for name, tensor in backbone.model.state_dict().items():
-        if not any(name == m or name.startswith(m + ".") for m in split.front):
-            continue
-        flat = tensor.detach().cpu().contiguous().reshape(-1)
-        digest.update(f"{name}\t{tuple(tensor.shape)}\t{tensor.dtype}\n".encode())
-        digest.update(flat.view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
 def front_cache_fields(
     data: MultiLabelData, backbone: Backbone, image_size: int, augment: str, cache_dir: Path | None = None
 ) -> dict[str, Any]:
     """Everything the cached front maps depend on; the key hashes exactly this."""
-    fields = feature_cache_fields(data, backbone, image_size, cache_dir, fingerprint=front_fingerprint(backbone))
     split = backbone.split
-    assert split is not None
+    if split is None:
+        raise FeatureCacheError(f"{backbone.name}: no frozen front to cache (model.trainable={backbone.trainable!r})")
+    fields = feature_cache_fields(data, backbone, image_size, cache_dir, fingerprint=front_fingerprint(backbone))
     fields.update(
         {
             "front_format": FRONT_CACHE_FORMAT,
@@ -150,27 +135,27 @@ def extract_front(
 ) -> FrontCache:
     """Return the front cache of ``backbone`` on ``data`` for training with ``augment``, writing it if needed.
 
-    Images go through the eval transform; the mirrored copy is the mirrored transformed image (the flip of the
-    training transform commutes with the resize and the normalisation); :func:`open_or_write_cache` writes it.
+    Images go through the eval transform and the front through the fastest runtime at hand
+    (:func:`hst.models.frozen_runtime.frozen_features`, whose exported graph is kept in ``cache_dir/onnx``); the
+    mirrored copy is the front of the mirrored transformed image (the flip of the training transform commutes with
+    the resize and the normalisation); :func:`open_or_write_cache` writes it.
     """
     if not cacheable_augment(augment):
         raise FeatureCacheError(f"data.augment={augment!r} cannot be applied after the backbone's front")
     cache_dir = Path(cache_dir)
     mirrored = len(ORIENTATIONS[augment]) == 2
 
-    @torch.inference_mode()
     def front_maps() -> Generator[torch.Tensor, None, None]:
-        transform = build_transform(image_size, "none", backbone.mean, backbone.std)
-        loader = DataLoader(InferenceImages(data, transform), batch_size=batch_size, num_workers=num_workers)
-        device = next(backbone.parameters()).device
-        for _, images, _ in loader:
-            images = images.to(device)
-            if channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            views = [backbone.forward_front(images).float()]
-            if mirrored:
-                views.append(backbone.forward_front(torch.flip(images, dims=[-1])).float())
-            yield torch.stack(views, dim=1)
+        batches = frozen_features(
+            backbone, data, image_size, cache_dir, batch_size, num_workers, channels_last, front=True, mirrored=mirrored
+        )
+        with closing(batches):
+            for found in batches:
+                assert found.features is not None  # unreadable images raise: the cache holds every row
+                views = [found.features.float()]
+                if found.mirrored is not None:
+                    views.append(found.mirrored.float())
+                yield torch.stack(views, dim=1)
 
     fields = front_cache_fields(data, backbone, image_size, augment, cache_dir)
     return open_or_write_cache(

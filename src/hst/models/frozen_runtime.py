@@ -95,30 +95,54 @@ def weights_fingerprint(module: nn.Module) -> str:
     return digest.hexdigest()
 
 
+def front_fingerprint(backbone: Backbone) -> str:
+    """sha256 over the names, shapes and bytes of the front's tensors (parameters and buffers): what the front's
+    output depends on, unchanged when the trainable rest trains."""
+    split = backbone.split
+    if split is None:
+        raise ValueError(f"{backbone.name}: no frozen front (model.trainable={backbone.trainable!r})")
+    digest = hashlib.sha256()
+    for name, tensor in backbone.model.state_dict().items():
+        if not any(name == m or name.startswith(m + ".") for m in split.front):
+            continue
+        flat = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}\t{tuple(tensor.shape)}\t{tensor.dtype}\n".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _run(backbone: Backbone, images: torch.Tensor, front: bool) -> torch.Tensor:
+    return backbone.forward_front(images) if front else backbone(images)
+
+
 class _PixelsToFeatures(nn.Module):
-    """What the ONNX file holds: uint8 ``B×H×W×3`` pixels → normalised images → backbone feature maps.
+    """What the ONNX file holds: uint8 ``B×H×W×3`` pixels → normalised images → backbone feature maps (``front``:
+    the frozen front's output maps).
 
     Keeps its last output: the exporter's trace runs the torch forward once, the reference of the parity check.
     """
 
-    def __init__(self, backbone: Backbone) -> None:
+    def __init__(self, backbone: Backbone, front: bool = False) -> None:
         super().__init__()
         self.backbone = backbone
+        self.front = front
         self.last: torch.Tensor | None = None
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        self.last = self.backbone(normalize_pixels(pixels, self.backbone.mean, self.backbone.std))
+        self.last = _run(self.backbone, normalize_pixels(pixels, self.backbone.mean, self.backbone.std), self.front)
         return self.last
 
 
 class TorchRunner:
-    """The backbone in torch: inference mode, ``channels_last`` when asked (weights converted once)."""
+    """The backbone (``front``: its frozen front) in torch: inference mode, ``channels_last`` when asked (weights
+    converted once)."""
 
     name = "torch"
 
-    def __init__(self, backbone: Backbone, channels_last: bool) -> None:
+    def __init__(self, backbone: Backbone, channels_last: bool, front: bool = False) -> None:
         self.backbone = backbone
         self.channels_last = channels_last
+        self.front = front
         if channels_last:
             backbone.to(memory_format=torch.channels_last)  # same values, the layout its convolutions run fastest on
         self.device = next(backbone.parameters()).device
@@ -128,7 +152,7 @@ class TorchRunner:
         batch = torch.from_numpy(pixels) if isinstance(pixels, np.ndarray) else pixels
         with torch.inference_mode():
             images = normalize_pixels(batch.to(self.device, non_blocking=True), self.backbone.mean, self.backbone.std)
-            return self.backbone(images.contiguous(memory_format=layout))
+            return _run(self.backbone, images.contiguous(memory_format=layout), self.front)
 
 
 class OnnxRunner:
@@ -147,9 +171,10 @@ class OnnxRunner:
 Runner = TorchRunner | OnnxRunner
 
 
-def onnx_key(backbone: Backbone, image_size: int) -> str:
-    """Key of the exported graph: the backbone's tensors, normalisation, input size and the exporter's version."""
-    fields = {
+def onnx_key(backbone: Backbone, image_size: int, front: bool = False) -> str:
+    """Key of the exported graph: the backbone's tensors (the front's: its cut and tensors), normalisation, input
+    size and the exporter's version."""
+    fields: dict[str, object] = {
         "format": ONNX_FORMAT,
         "opset": ONNX_OPSET,
         "torch": torch.__version__,
@@ -159,6 +184,11 @@ def onnx_key(backbone: Backbone, image_size: int) -> str:
         "std": list(backbone.std),
         "image_size": int(image_size),
     }
+    if front:
+        split = backbone.split
+        fields.update(
+            part="front", cut=None if split is None else split.cut, weights_sha256=front_fingerprint(backbone)
+        )
     return fields_key(fields)
 
 
@@ -168,10 +198,10 @@ def _example(image_size: int) -> torch.Tensor:
     return torch.randint(0, 256, (1, image_size, image_size, 3), dtype=torch.uint8, generator=generator)
 
 
-def _export(backbone: Backbone, image_size: int, path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+def _export(backbone: Backbone, image_size: int, path: Path, front: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Export to ``path``; returns a traced example (one random image) and torch's features of it."""
     example = _example(image_size)
-    wrapper = _PixelsToFeatures(backbone)
+    wrapper = _PixelsToFeatures(backbone, front)
     with warnings.catch_warnings():
         # The TorchScript-based exporter announces its deprecation; it exports these CNNs faithfully and fast.
         warnings.simplefilter("ignore")
@@ -200,21 +230,24 @@ def _check_parity(runner: OnnxRunner, example: tuple[torch.Tensor, torch.Tensor]
         raise RuntimeError(f"the ONNX graph's features differ from torch's (more than {limit:.2e})")
 
 
-def graph_path(backbone: Backbone, image_size: int, cache_dir: Path) -> Path:
-    """Where the export of ``backbone`` at ``image_size`` is kept in ``cache_dir``."""
-    return graph_folder(cache_dir) / f"{backbone.name}-{int(image_size)}px-{onnx_key(backbone, image_size)}.onnx"
+def graph_path(backbone: Backbone, image_size: int, cache_dir: Path, front: bool = False) -> Path:
+    """Where the export of ``backbone`` (``front``: its frozen front) at ``image_size`` is kept in ``cache_dir``."""
+    part = "-front" if front else ""
+    key = onnx_key(backbone, image_size, front)
+    return graph_folder(cache_dir) / f"{backbone.name}-{int(image_size)}px{part}-{key}.onnx"
 
 
-def _write_record(backbone: Backbone, image_size: int, path: Path, features: torch.Tensor) -> None:
+def _write_record(backbone: Backbone, image_size: int, path: Path, features: torch.Tensor, front: bool) -> None:
     """What a torch-free run needs to find and trust the graph (:func:`hst.models.onnx_graphs.find_graph`)."""
     source = backbone.weights_file
     fields = {
+        "part": "front" if front else "backbone",
         "backbone": backbone.name,
         "image_size": int(image_size),
         "mean": list(backbone.mean),
         "std": list(backbone.std),
         "weights_description": backbone.weights_description,
-        "weights_sha256": weights_fingerprint(backbone),
+        "weights_sha256": front_fingerprint(backbone) if front else weights_fingerprint(backbone),
         "source_sha256": None if source is None else file_sha256(source),
         "features": list(features.shape[1:]),
         "torch": torch.__version__,
@@ -223,34 +256,34 @@ def _write_record(backbone: Backbone, image_size: int, path: Path, features: tor
     write_record(path, fields)
 
 
-def _onnx_runner(backbone: Backbone, image_size: int, cache_dir: Path | None) -> OnnxRunner:
-    """The cached export of ``backbone`` at ``image_size``, exported and checked first if missing."""
+def _onnx_runner(backbone: Backbone, image_size: int, cache_dir: Path | None, front: bool = False) -> OnnxRunner:
+    """The cached export of ``backbone`` (or its front) at ``image_size``, exported and checked first if missing."""
     if cache_dir is not None:
-        path = graph_path(backbone, image_size, cache_dir)
+        path = graph_path(backbone, image_size, cache_dir, front)
         if path.is_file():
             try:
                 runner = OnnxRunner(path)
                 if not path.with_suffix(".json").is_file():  # exported before graphs had records
                     with contextlib.suppress(OSError):
-                        _write_record(backbone, image_size, path, runner(_example(image_size)))
+                        _write_record(backbone, image_size, path, runner(_example(image_size)), front)
                 return runner
             except Exception:  # a damaged file is exported again below
                 pass
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(path) as temp:
-                example = _export(backbone, image_size, temp)
+                example = _export(backbone, image_size, temp, front)
                 runner = OnnxRunner(temp)
                 _check_parity(runner, example)
             # the record comes last: only a checked, complete graph gets one
             with contextlib.suppress(OSError):
-                _write_record(backbone, image_size, path, example[1])
+                _write_record(backbone, image_size, path, example[1], front)
             return runner
         except OSError:
             pass  # a read-only cache folder: export into a temporary one and keep the graph in memory only
     with tempfile.TemporaryDirectory(prefix="hst-onnx-") as scratch:
         temp = Path(scratch) / "backbone.onnx"
-        example = _export(backbone, image_size, temp)
+        example = _export(backbone, image_size, temp, front)
         runner = OnnxRunner(temp.read_bytes())
     _check_parity(runner, example)
     return runner
@@ -267,8 +300,10 @@ def frozen_runner(
     num_images: int | None = None,
     channels_last: bool = False,
     runtime: str | None = None,
+    front: bool = False,
 ) -> Runner:
-    """The fastest runner of ``backbone`` (in eval mode) on uint8 ``B×H×W×3`` pixels at ``image_size``.
+    """The fastest runner of ``backbone`` (in eval mode; ``front``: of its frozen front) on uint8 ``B×H×W×3``
+    pixels at ``image_size``.
 
     ``num_images``: how many images will run (``auto`` keeps torch for fewer than :data:`ONNX_MIN_IMAGES`
     unless ``cache_dir`` holds the export already);
@@ -278,12 +313,17 @@ def frozen_runner(
     choice = requested_runtime(runtime)
     on_cpu = next(backbone.parameters()).device.type == "cpu"
     small = num_images is not None and num_images < ONNX_MIN_IMAGES
-    if small and cache_dir is not None and on_cpu and graph_path(backbone, image_size, Path(cache_dir)).is_file():
+    if (
+        small
+        and cache_dir is not None
+        and on_cpu
+        and graph_path(backbone, image_size, Path(cache_dir), front).is_file()
+    ):
         small = False  # exported already: nothing left to pay for
     if choice == "torch" or not on_cpu or (choice == "auto" and small):
         if choice == "onnxruntime" and not on_cpu:
             _notice(f"{RUNTIME_ENV}=onnxruntime runs on the CPU only; the backbone on the GPU runs in torch")
-        return TorchRunner(backbone, channels_last)
+        return TorchRunner(backbone, channels_last, front)
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
@@ -291,22 +331,24 @@ def frozen_runner(
             "onnxruntime is not installed: the frozen backbone runs in torch (about 3× slower on a CPU; "
             "pip install 'hst-mlr[export]')"
         )
-        return TorchRunner(backbone, channels_last)
+        return TorchRunner(backbone, channels_last, front)
     try:
-        return _onnx_runner(backbone, image_size, None if cache_dir is None else Path(cache_dir))
+        return _onnx_runner(backbone, image_size, None if cache_dir is None else Path(cache_dir), front)
     except Exception as error:  # the exporter and the runtime raise many types; torch always works
         reason = " ".join(str(error).split())[:200] or type(error).__name__
         _notice(f"ONNX export of {backbone.name} failed ({reason}): the frozen backbone runs in torch")
-        return TorchRunner(backbone, channels_last)
+        return TorchRunner(backbone, channels_last, front)
 
 
 @dataclass
 class FeatureBatch(RowsOfBatch):
-    """Backbone feature maps (``B×F×h×w`` float32) of ``rows``, and the rows that could not be read (with why)."""
+    """Backbone feature maps (``B×F×h×w`` float32) of ``rows``, and the rows that could not be read (with why);
+    ``mirrored``: the maps of the horizontally mirrored images, when asked for."""
 
     rows: list[int]
     features: torch.Tensor | None
     skipped: list[tuple[int, str]] = field(default_factory=list)
+    mirrored: torch.Tensor | None = None
 
 
 def frozen_features(
@@ -319,13 +361,17 @@ def frozen_features(
     channels_last: bool = False,
     catch_errors: bool = False,
     runtime: str | None = None,
+    front: bool = False,
+    mirrored: bool = False,
 ) -> Iterator[FeatureBatch]:
     """The frozen backbone's feature maps of ``data`` on the evaluation transform, in order, batch by batch.
 
     The next images are decoded and resized (:class:`hst.data.batches.PixelBatches`) while the runner
     (:func:`frozen_runner`) computes the current batch. On the CPU a batch holds at most :data:`FORWARD_BATCH`
     images whatever ``batch_size`` says: larger ones only grow the activations (gigabytes at 448 px, every one
-    of them page-faulted afresh by torch). The caller puts the backbone in eval mode.
+    of them page-faulted afresh by torch). ``front``: the frozen front's maps instead; ``mirrored``: also those of
+    each image mirrored left to right (its pixels mirrored: the normalisation is per pixel, so this is the mirrored
+    normalised image). The caller puts the backbone in eval mode.
     """
     if next(backbone.parameters()).device.type == "cpu":
         batch_size = min(batch_size, FORWARD_BATCH)
@@ -333,12 +379,15 @@ def frozen_features(
     batches = PixelBatches(data, image_size, batch_size, catch_errors, num_workers)
     with contextlib.ExitStack() as stack:
         stack.callback(batches.close)
-        runner = frozen_runner(backbone, image_size, cache_dir, len(data), channels_last, runtime)
+        runner = frozen_runner(backbone, image_size, cache_dir, len(data), channels_last, runtime, front)
         if isinstance(runner, TorchRunner) and runner.device.type == "cpu":
             stack.enter_context(reused_heap())
         for batch in batches:
-            features = runner(batch.pixels) if batch.pixels is not None else None
-            yield FeatureBatch(batch.rows, features, batch.skipped)
+            if batch.pixels is None:
+                yield FeatureBatch(batch.rows, None, batch.skipped)
+                continue
+            mirror = runner(np.ascontiguousarray(batch.pixels[:, :, ::-1])) if mirrored else None
+            yield FeatureBatch(batch.rows, runner(batch.pixels), batch.skipped, mirror)
 
 
 __all__ = [
@@ -349,6 +398,7 @@ __all__ = [
     "FeatureBatch",
     "OnnxRunner",
     "TorchRunner",
+    "front_fingerprint",
     "frozen_features",
     "frozen_runner",
     "requested_runtime",

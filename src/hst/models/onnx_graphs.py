@@ -122,6 +122,7 @@ def find_graph(
     if not folder.is_dir():
         return None
     wanted = {
+        "part": "backbone",
         "backbone": backbone,
         "image_size": int(image_size),
         "weights_description": weights_description,
@@ -134,7 +135,10 @@ def find_graph(
             fields = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
-        if not isinstance(fields, dict) or any(fields.get(key) != value for key, value in wanted.items()):
+        if not isinstance(fields, dict):
+            continue
+        fields.setdefault("part", "backbone")  # records from before fronts were exported too
+        if any(fields.get(key) != value for key, value in wanted.items()):
             continue
         graph = path.with_suffix(".onnx")
         try:
