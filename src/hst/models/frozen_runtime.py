@@ -3,11 +3,13 @@
 Measured on a 2-core CPU (EfficientNet-Lite0, 448 px, batches of 16, docs/performance.md): ONNX Runtime 32 img/s,
 torch ``channels_last`` 26 and contiguous 20, once torch keeps its activations' memory (:func:`reused_heap`;
 without it 14 and 8). So on the CPU the backbone (with the normalisation of the evaluation transform in front of
-it) is exported once to ONNX, into ``<cache_dir>/onnx/`` under a key of its weights' fingerprint, checked against
-torch and run by ONNX Runtime; torch (``channels_last``, inference mode, heap kept) serves when onnxruntime is
-not installed, when the export fails or differs, on a GPU, and for fewer than :data:`ONNX_MIN_IMAGES` images
-(where the one-off export costs more than it saves). ``HST_FROZEN_RUNTIME=torch`` or ``=onnxruntime`` overrides
-the choice.
+it), or only its frozen front for a backbone whose last stage trains, is exported once to ONNX, into
+``<cache_dir>/onnx/`` under a key of its tensors' fingerprint, checked against torch, given a record
+(:func:`hst.models.onnx_graphs.write_record`, which lets a later extraction run it without torch) and run by ONNX
+Runtime; torch (``channels_last``, inference mode, heap kept) serves when onnxruntime is not installed, when the
+export fails or differs, on a GPU, and for fewer than :data:`ONNX_MIN_IMAGES` images unless the graph is exported
+already (below that the one-off export costs more than it saves). ``HST_FROZEN_RUNTIME=torch`` or
+``=onnxruntime`` overrides the choice.
 
 Both runtimes compute the same function of the pixels (float32; they differ by rounding, far below the float16
 rounding of the feature cache), so a feature cache's key does not depend on the runtime.
