@@ -172,3 +172,32 @@ def test_numpy_rounds_to_float16_as_torch_did(tmp_path: Path) -> None:
         ours = values.astype(np.float16)
     theirs = torch.from_numpy(values).half().numpy()
     assert np.array_equal(ours.view(np.uint16), theirs.view(np.uint16))
+
+
+def test_weights_given_as_a_file_take_the_graph_path_until_the_file_changes(
+    cold: tuple[Path, Path, list[Path]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hst.models.backbone import create_backbone
+
+    manifest = cold[0]
+    weights = tmp_path / "lite0.pth"
+    torch.save(create_backbone("tf_efficientnet_lite0", "offline", "none").model.state_dict(), weights)
+    cache_dir = tmp_path / "cache"
+    overrides = [*_overrides(manifest, cache_dir), f"model.weights={weights}"]
+    monkeypatch.setenv(onnx_graphs.RUNTIME_ENV, "onnxruntime")
+    first = extract_for_config(resolve_config(TrainConfig, None, overrides), progress=False)
+    monkeypatch.delenv(onnx_graphs.RUNTIME_ENV)
+
+    again = _warm_folder(cache_dir, tmp_path / "again")
+    warm_overrides = [*_overrides(manifest, again), f"model.weights={weights}"]
+    written = extract_with_graph(resolve_config(TrainConfig, None, warm_overrides), progress=False)
+    assert written is not None and [item.key for item in written] == [cache.key for cache in first]
+    for item, cache in zip(written, first, strict=True):
+        assert np.array_equal(np.load(again / f"{item.key}.npy"), np.load(cache.path))
+
+    # Other bytes in the same file: the graph no longer stands for them.
+    state = torch.load(weights, weights_only=True)
+    name = next(key for key, value in state.items() if value.is_floating_point())
+    state[name] = state[name] + 1.0
+    torch.save(state, weights)
+    assert usable_graph(resolve_config(TrainConfig, None, warm_overrides)) is None
