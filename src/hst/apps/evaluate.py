@@ -7,33 +7,27 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch.utils.data import DataLoader
+import numpy as np
 
-from hst.data.datasets import ImageLabelDataset
+from hst.apps.inference import run_network
 from hst.data.readers import read_csv_manifest
 from hst.data.scores import align_scores, read_scores_csv
 from hst.data.spec import load_dataset
-from hst.data.transforms import build_transform
 from hst.engine.trained_model import TrainedModel
 from hst.metrics import MultiLabelMetrics, evaluate
 
 
 def evaluate_checkpoint(checkpoint_path: Path, data_spec: str, batch_size: int = 64) -> dict[str, Any]:
-    """Score a dataset with a trained checkpoint and return the metrics dict."""
+    """Score a dataset with a trained checkpoint and return the metrics dict.
+
+    The images go through :func:`hst.apps.inference.run_network` (decoded ahead, the backbone through the fastest
+    runtime at hand) as for ``hst predict``; every image must be readable."""
     module = TrainedModel.from_checkpoint(checkpoint_path)
-    config = module.config
-    data = load_dataset(data_spec).with_max_pixels(config.data.max_image_pixels)
+    data = load_dataset(data_spec)
     if data.class_names != module.class_names:
         raise ValueError(f"{data_spec}: classes differ from the checkpoint's {len(module.class_names)} classes")
-    backbone = module.network.backbone
-    transform = build_transform(config.data.image_size, "none", backbone.mean, backbone.std)
-    loader = DataLoader(ImageLabelDataset(data, data.labels, data.labels, transform), batch_size=batch_size)
-    scores = []
-    with torch.no_grad():
-        for _, images, _, _ in loader:
-            scores.append(module(images))
-    result = evaluate(torch.cat(scores).numpy(), data.labels, data.class_names)
+    rows, collected, _ = run_network(module, data, lambda output, _rows: {"logits": output.logits}, batch_size)
+    result = evaluate(collected["logits"], data.labels[np.asarray(rows)], data.class_names)
     return result.to_dict()
 
 
