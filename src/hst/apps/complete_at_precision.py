@@ -126,16 +126,15 @@ def is_its_own_label_free_module(module: TrainedModel) -> bool:
 def label_free_module(module: TrainedModel) -> tuple[TrainedModel, str]:
     """The checkpoint's module with its backbone back at its pretrained weights when training changed them, and a
     note when that is impossible (a backbone trained from random weights)."""
-    if module.config.model.trainable == "none":
-        return module, ""
-    pretrained = getattr(module, "pretrained_weights", "none")
-    if pretrained == "none":
+    if is_its_own_label_free_module(module):
+        if module.config.model.trainable == "none":
+            return module, ""
         return module, "the checkpoint's backbone was trained from random weights: its features saw training labels"
     import copy
 
     from hst.models.backbone import create_backbone
 
-    fresh = create_backbone(module.config.model.backbone, pretrained, "none")
+    fresh = create_backbone(module.config.model.backbone, module.pretrained_weights, "none")
     label_free = copy.deepcopy(module)
     label_free.network.backbone.load_state_dict(fresh.state_dict())
     return label_free, ""
