@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Generator, Sequence
 from contextlib import closing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,18 +20,17 @@ from torch.utils.data import Dataset
 from hst.data.base import MultiLabelData
 from hst.data.feature_files import (
     KEY_LENGTH,
+    CacheT,
     FeatureCacheError,
     feature_file_fields,
     feature_file_paths,
     open_feature_file,
-    write_feature_file,
+    open_or_write_feature_file,
 )
 from hst.data.splits import prepare_splits
 from hst.io import atomic_write, fields_key
 from hst.models.backbone import Backbone
 from hst.models.frozen_runtime import frozen_features, weights_fingerprint
-
-CacheT = TypeVar("CacheT")
 
 
 def feature_cache_fields(
@@ -60,9 +59,6 @@ def feature_cache_fields(
 def feature_cache_key(data: MultiLabelData, backbone: Backbone, image_size: int) -> str:
     """Short hex key of the features of ``backbone`` on ``data`` at ``image_size`` (see module docstring)."""
     return fields_key(feature_cache_fields(data, backbone, image_size), KEY_LENGTH)
-
-
-_paths = feature_file_paths
 
 
 class FeatureCache:
@@ -154,7 +150,7 @@ class FeatureCache:
     @classmethod
     def open(cls, cache_dir: Path, key: str) -> FeatureCache | None:
         """The complete cache ``key`` in ``cache_dir``, or ``None`` if missing, torn or inconsistent."""
-        npy_path, meta_path = _paths(Path(cache_dir), key)
+        npy_path, meta_path = feature_file_paths(Path(cache_dir), key)
         opened = open_feature_file(npy_path, meta_path, key)
         if opened is None:
             return None
@@ -178,24 +174,17 @@ def open_or_write_cache(
     """The cache of ``fields`` in ``cache_dir`` as ``open_cache`` opens it, first written from ``maps()`` if missing.
 
     ``maps()`` yields the float32 maps (``what``) of the images of ``data`` in order, a batch at a time, while
-    ``backbone`` is in eval mode; :func:`hst.data.feature_files.write_feature_file` writes them (float16, the
-    sidecar last, so an interrupted run leaves nothing that ``open_cache`` accepts).
+    ``backbone`` is in eval mode; :func:`hst.data.feature_files.open_or_write_feature_file` writes them (float16,
+    the sidecar last, so an interrupted run leaves nothing that ``open_cache`` accepts).
     """
-    key = fields_key(fields, KEY_LENGTH)
-    existing = open_cache(cache_dir, key)
-    if existing is not None:
-        return existing
-    npy_path, meta_path = paths(cache_dir, key)
     was_training = backbone.training
+    backbone.eval()
     try:
-        backbone.eval()
-        write_feature_file(npy_path, meta_path, fields, data, _as_arrays(maps()), what, backbone.name, progress)
+        return open_or_write_feature_file(
+            open_cache, paths, cache_dir, fields, data, lambda: _as_arrays(maps()), what, backbone.name, progress
+        )
     finally:
         backbone.train(was_training)
-    opened = open_cache(cache_dir, key)
-    if opened is None:
-        raise FeatureCacheError(f"{npy_path}: the cache just written cannot be opened")
-    return opened
 
 
 def _as_arrays(maps: Generator[torch.Tensor, None, None]) -> Generator[np.ndarray, None, None]:
@@ -237,7 +226,7 @@ def extract_features(
 
     fields = feature_cache_fields(data, backbone, image_size, cache_dir)
     return open_or_write_cache(
-        FeatureCache.open, _paths, cache_dir, fields, data, backbone, feature_maps, "features", progress
+        FeatureCache.open, feature_file_paths, cache_dir, fields, data, backbone, feature_maps, "features", progress
     )
 
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager, closing, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -25,6 +25,7 @@ from hst.progress import progress_bar
 CACHE_FORMAT = 1
 KEY_LENGTH = 16
 FP16_MAX = float(np.finfo(np.float16).max)
+CacheT = TypeVar("CacheT")
 
 
 class FeatureCacheError(RuntimeError):
@@ -165,6 +166,31 @@ def write_feature_file(
     write_text_atomic(meta_path, json.dumps(meta, indent=1))
 
 
+def open_or_write_feature_file(
+    open_cache: Callable[[Path, str], CacheT | None],
+    paths: Callable[[Path, str], tuple[Path, Path]],
+    cache_dir: Path,
+    fields: dict[str, Any],
+    data: MultiLabelData,
+    maps: Callable[[], Iterable[np.ndarray]],
+    what: str,
+    producer: str,
+    progress: bool,
+) -> CacheT:
+    """The file of ``fields`` in ``cache_dir`` as ``open_cache`` opens it, first written from ``maps()`` (see
+    :func:`write_feature_file`) when it is missing; ``paths`` names its array and sidecar from its key."""
+    key = fields_key(fields, KEY_LENGTH)
+    existing = open_cache(cache_dir, key)
+    if existing is not None:
+        return existing
+    npy_path, meta_path = paths(cache_dir, key)
+    write_feature_file(npy_path, meta_path, fields, data, maps(), what, producer, progress)
+    opened = open_cache(cache_dir, key)
+    if opened is None:
+        raise FeatureCacheError(f"{npy_path}: the cache just written cannot be opened")
+    return opened
+
+
 __all__ = [
     "CACHE_FORMAT",
     "FP16_MAX",
@@ -174,6 +200,7 @@ __all__ = [
     "feature_file_paths",
     "image_ids_digest",
     "open_feature_file",
+    "open_or_write_feature_file",
     "transform_description",
     "weights_file_stamp",
     "write_feature_file",

@@ -3,7 +3,7 @@
 ``hst extract-features`` with ``model.trainable=none`` on the CPU takes this path when ``data.cache_dir`` holds
 a graph exported from the same weights file (:func:`hst.models.onnx_graphs.find_graph`): decoding and resizing
 in a thread (:class:`hst.data.batches.PixelBatches`), the graph in ONNX Runtime, the float16 file written by
-:func:`hst.data.feature_files.write_feature_file`. The file, its key and its sidecar are those the torch path
+:func:`hst.data.feature_files.open_or_write_feature_file`. The file, its key and its sidecar are those the torch path
 (:func:`hst.feature_cache.extract_for_config`, which exports the graph and runs it the same way) writes; only
 importing torch and timm (3.5 s on 2 cores) and building the network are left out.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,15 +21,12 @@ import numpy as np
 from hst.data.base import MultiLabelData
 from hst.data.batches import PixelBatches
 from hst.data.feature_files import (
-    KEY_LENGTH,
-    FeatureCacheError,
     feature_file_fields,
     feature_file_paths,
     open_feature_file,
-    write_feature_file,
+    open_or_write_feature_file,
 )
 from hst.data.splits import prepare_splits
-from hst.io import fields_key
 from hst.models.onnx_graphs import FORWARD_BATCH, GraphRecord, OnnxSession, find_graph, requested_runtime
 from hst.models.weight_files import file_sha256, weights_source
 
@@ -83,7 +81,20 @@ def extract_with_graph(config: Any, progress: bool = True) -> list[WrittenFeatur
     sources: list[MultiLabelData] = [splits.source]
     if splits.test_source is not splits.source:
         sources.append(splits.test_source)
-    session: OnnxSession | None = None
+    session: OnnxSession | None = None  # built when the first file is written
+
+    def maps(data: MultiLabelData) -> Iterator[np.ndarray]:
+        nonlocal session
+        batch_size = min(config.data.eval_batch_size, FORWARD_BATCH)
+        # decoding starts before the session is built, so the first batches are ready when it is
+        batches = PixelBatches(data, config.data.image_size, batch_size, threads=max(1, config.data.num_workers))
+        session = session or OnnxSession(record.path)
+        return _graph_maps(session, batches)
+
+    def opened(folder: Path, key: str) -> WrittenFeatures | None:
+        found = open_feature_file(*feature_file_paths(folder, key), key)
+        return None if found is None else WrittenFeatures(key, tuple(int(v) for v in found[1].shape))
+
     written = []
     for data in sources:
         fields = feature_file_fields(
@@ -96,20 +107,19 @@ def extract_with_graph(config: Any, progress: bool = True) -> list[WrittenFeatur
             config.data.image_size,
             cache_dir,
         )
-        key = fields_key(fields, KEY_LENGTH)
-        npy_path, meta_path = feature_file_paths(cache_dir, key)
-        opened = open_feature_file(npy_path, meta_path, key)
-        if opened is None:
-            batch_size = min(config.data.eval_batch_size, FORWARD_BATCH)
-            # decoding starts before the session is built, so the first batches are ready when it is
-            batches = PixelBatches(data, config.data.image_size, batch_size, threads=max(1, config.data.num_workers))
-            session = session or OnnxSession(record.path)
-            maps = _graph_maps(session, batches)
-            write_feature_file(npy_path, meta_path, fields, data, maps, "features", config.model.backbone, progress)
-            opened = open_feature_file(npy_path, meta_path, key)
-            if opened is None:
-                raise FeatureCacheError(f"{npy_path}: the cache just written cannot be opened")
-        written.append(WrittenFeatures(key, tuple(int(v) for v in opened[1].shape)))
+        written.append(
+            open_or_write_feature_file(
+                opened,
+                feature_file_paths,
+                cache_dir,
+                fields,
+                data,
+                partial(maps, data),
+                "features",
+                config.model.backbone,
+                progress,
+            )
+        )
     return written
 
 
