@@ -181,16 +181,13 @@ def onnx_key(backbone: Backbone, image_size: int, front: bool = False) -> str:
         "opset": ONNX_OPSET,
         "torch": torch.__version__,
         "backbone": backbone.name,
-        "weights_sha256": weights_fingerprint(backbone),
+        "weights_sha256": front_fingerprint(backbone) if front else weights_fingerprint(backbone),
         "mean": list(backbone.mean),
         "std": list(backbone.std),
         "image_size": int(image_size),
     }
     if front:
-        split = backbone.split
-        fields.update(
-            part="front", cut=None if split is None else split.cut, weights_sha256=front_fingerprint(backbone)
-        )
+        fields.update(part="front", cut=None if backbone.split is None else backbone.split.cut)
     return fields_key(fields)
 
 
@@ -317,6 +314,7 @@ def frozen_runner(
     small = num_images is not None and num_images < ONNX_MIN_IMAGES
     if (
         small
+        and choice == "auto"
         and cache_dir is not None
         and on_cpu
         and graph_path(backbone, image_size, Path(cache_dir), front).is_file()
