@@ -15,7 +15,7 @@ from torchvision.transforms import v2
 from hst.apps.inference import resolve_inputs
 from hst.config import DataConfig
 from hst.data.base import IMAGE_DECODING, DataError, ImageTooLargeError, MultiLabelData, decode_image, image_problem
-from hst.data.datasets import InferenceImages
+from hst.data.batches import InferenceImages
 from hst.data.readers import write_csv_manifest
 from hst.data.spec import load_dataset
 from hst.data.splits import prepare_splits

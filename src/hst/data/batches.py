@@ -12,9 +12,11 @@ import itertools
 import os
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -70,30 +72,40 @@ def resize_square(image: Image.Image, image_size: int) -> np.ndarray:
     return np.asarray(image.resize((int(image_size), int(image_size)), Image.Resampling.BICUBIC))
 
 
-class ResizedImages:
-    """Yields ``(row, H×W×3 uint8 pixels or None, error message)``: the images of ``data`` resized for the network.
+class InferenceImages:
+    """Yields ``(row, transform(image) or None, error message)``: the images of ``data`` through ``transform``.
 
     With ``catch_errors`` an unreadable file gives ``(row, None, message)`` so that one bad file does not stop the
     others (predict, complete); otherwise its :class:`~hst.data.base.DataError` propagates (the feature cache).
-    Picklable for DataLoader workers.
+    Picklable for DataLoader workers when ``transform`` is.
     """
 
-    def __init__(self, data: MultiLabelData, image_size: int, catch_errors: bool = False) -> None:
+    def __init__(
+        self, data: MultiLabelData, transform: Callable[[Image.Image], Any], catch_errors: bool = False
+    ) -> None:
         self.data = data
-        self.image_size = int(image_size)
+        self.transform = transform
         self.catch_errors = catch_errors
 
     def __len__(self) -> int:
         return len(self.data)
 
-    def __getitem__(self, index: int) -> tuple[int, np.ndarray | None, str]:
+    def __getitem__(self, index: int) -> tuple[int, Any, str]:
         try:
             image = self.data.load_image(index)
         except DataError as error:
             if not self.catch_errors:
                 raise
             return index, None, str(error)
-        return index, resize_square(image, self.image_size), ""
+        return index, self.transform(image), ""
+
+
+class ResizedImages(InferenceImages):
+    """Yields ``(row, H×W×3 uint8 pixels or None, error message)``: the images of ``data`` resized for the network
+    (:func:`resize_square`); unreadable images as in :class:`InferenceImages`."""
+
+    def __init__(self, data: MultiLabelData, image_size: int, catch_errors: bool = False) -> None:
+        super().__init__(data, partial(resize_square, image_size=int(image_size)), catch_errors)
 
 
 def _collate(items: list[tuple[int, np.ndarray | None, str]]) -> PixelBatch:

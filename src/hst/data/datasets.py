@@ -1,5 +1,5 @@
-"""Torch datasets over a :class:`~hst.data.base.MultiLabelData`: labelled images for training and evaluation,
-and images alone for inference (predict, complete, the feature cache)."""
+"""Torch datasets over a :class:`~hst.data.base.MultiLabelData`: labelled images for training and evaluation
+(images alone for inference: :class:`hst.data.batches.InferenceImages`)."""
 
 from __future__ import annotations
 
@@ -40,29 +40,3 @@ class ImageLabelDataset(Dataset):
                 raise
             raise DataError(f"{error}; {self.hint}") from error
         return index, self.transform(image), self.labels[index], self.eval_labels[index]
-
-
-class InferenceImages(Dataset):
-    """Yields (row, image tensor or None, error message): the images of ``data`` through ``transform``.
-
-    With ``catch_errors`` an unreadable file gives ``(row, None, message)`` so that one bad file does not stop a
-    worker (predict, complete); otherwise its :class:`~hst.data.base.DataError` propagates (the feature cache).
-    Picklable for DataLoader workers.
-    """
-
-    def __init__(self, data: MultiLabelData, transform: object, catch_errors: bool = False) -> None:
-        self.data = data
-        self.transform = transform
-        self.catch_errors = catch_errors
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str]:
-        try:
-            image = self.data.load_image(index)
-        except DataError as error:
-            if not self.catch_errors:
-                raise
-            return index, None, str(error)
-        return index, self.transform(image), ""  # type: ignore[operator]
