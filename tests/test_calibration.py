@@ -225,7 +225,9 @@ def test_hst_decides_pseudo_labels_once_at_the_target_precision_and_trains_on_th
 def test_hst_with_positives_only_refuses_pseudo_labels_and_uses_weak_negatives(weight: float | None) -> None:
     num, classes = 300, 4
     _, labels, semantic, _, source = _clustered(1, num, classes, 0.3, positives_only=True)
-    config = MethodConfig(pseudo_label_epoch=1, use_ist=False, use_cst=False, weak_negative_weight=weight)
+    config = MethodConfig(
+        pseudo_label_epoch=1, use_ist=False, use_cst=False, weak_negative_weight=weight, weak_negative_withhold=0.0
+    )
     method = create("hst", config, classes, 6, num)
     logs = method.on_train_epoch_start(0, source)
     assert logs["pseudo_all_pos_count"] == 0 and logs["uncalibrated_classes"] == classes
@@ -248,9 +250,11 @@ def test_hst_starts_classes_without_known_negatives_at_the_rate_it_trains_toward
     _, labels, *_ = _clustered(2, 300, 4, 0.3, positives_only=True)
     labels = labels.numpy()
     assume_negative = create("assume_negative", MethodConfig(), 4, 6, 300).class_prior(labels)
-    full_weight = create("hst", MethodConfig(weak_negative_weight=1.0), 4, 6, 300).class_prior(labels)
+    # Nothing withheld here: the prior with withheld entries is tested in test_weak_negatives.
+    plain = MethodConfig(weak_negative_weight=1.0, weak_negative_withhold=0.0)
+    full_weight = create("hst", plain, 4, 6, 300).class_prior(labels)
     np.testing.assert_allclose(full_weight, assume_negative)
-    weak = create("hst", MethodConfig(weak_negative_weight=0.25), 4, 6, 300).class_prior(labels)
+    weak = create("hst", dataclasses.replace(plain, weak_negative_weight=0.25), 4, 6, 300).class_prior(labels)
     positives = (labels > 0).sum(0)
     np.testing.assert_allclose(weak, (positives + 0.5) / (positives + 0.25 * (labels == 0).sum(0) + 1))
     _, with_negatives, *_ = _clustered(2, 300, 4, 0.3)
@@ -323,8 +327,8 @@ def test_calibration_labels_reach_the_method_and_must_agree(tmp_path) -> None:
 
 def test_single_positive_labels_train_hst_end_to_end(tmp_path, one_thread: None) -> None:
     """``data.scheme=single-positive``: HST refuses pseudo positives it cannot calibrate, trains with weak
-    negatives, and model selection ranks the validation images' known positives against their unlabelled entries
-    (on known entries alone every validation AP would be 100)."""
+    negatives (some withheld), and model selection ranks the validation images' known positives against their
+    unlabelled entries (on known entries alone every validation AP would be 100)."""
     from hst.config import TrainConfig, resolve_config
     from hst.engine.train import train
     from tiny_run import TINY
@@ -346,6 +350,7 @@ def test_single_positive_labels_train_hst_end_to_end(tmp_path, one_thread: None)
     logged = next(row for row in rows if row.get("method/uncalibrated_classes"))
     assert float(logged["method/pseudo_all_pos_count"]) == 0
     assert float(logged["method/uncalibrated_classes"]) == 24
+    assert float(logged["method/withheld_count"]) > 0 and "method/withheld_precision" in logged  # withholding acts
     val = [float(row["val/mAP"]) for row in rows if row.get("val/mAP")]
     assert val and max(val) < 90  # scored against unlabelled entries too, not 100 for any model
     assert result.test_metrics["mAP"] > 30

@@ -47,6 +47,11 @@ def test_epoch_line_format() -> None:
         "[run] epoch 3/8  loss 1.0714 (bce 0.6828)  val mAP 53.06  pseudo labels IST 12, CST 40  4.1 s"
     )
     assert epoch_line("run", 0, 1, {}, 0.5) == "[run] epoch 1/1  0.5 s"
+    weak = {"method/pseudo_all_pos_count": 0.0, "method/withheld_count": 810.0}
+    assert (
+        epoch_line("sp", 0, 1, weak, 5.0)
+        == "[sp] epoch 1/1  pseudo labels positive 0  weak negatives withheld 810  5.0 s"
+    )
 
 
 def test_tips_are_filtered() -> None:

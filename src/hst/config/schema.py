@@ -120,6 +120,11 @@ class MethodConfig:
     """Calibrated mode, classes with no known negative (single-positive labels): weight of their unknown entries
     taken as negatives; 1.0 = assume negative; None = 1/(C − 1), the "weak assume negative" of Cole et al. (2021).
     1.0 was chosen on the validation split of split seed 0 (positives-only criterion, docs/results.md)."""
+    weak_negative_withhold: float = 0.5
+    """Calibrated mode, classes with no known negative: per class, this many × its known positives of the unknown
+    entries most like a positive (positive-unlabelled cross-fitted evidence) are left out of the weak negatives
+    (``hst.methods.weak_negatives``; 0 = none). 0.5 was chosen on split seed 0's validation images with their full
+    labels, from 0, 0.5, 1, 1.5 (docs/results.md)."""
     pseudo_negatives: bool = False
     """Calibrated mode: also turn unknown entries with strong negative evidence into negatives (off by default: on
     VOC 2007 they cost mAP although 99% precise; see docs/results.md, row hst_pseudo_negatives)."""

@@ -85,6 +85,9 @@ def epoch_line(name: str, epoch: int, epochs: int, metrics: dict[str, Any], seco
             pseudo.append(f"{source} {value:.0f}")
     if pseudo:
         parts.append("pseudo labels " + ", ".join(pseudo))
+    withheld = _value(metrics, "method/withheld_count")  # classes without a known negative
+    if withheld is not None:
+        parts.append(f"weak negatives withheld {withheld:.0f}")
     parts.append(f"{seconds:.1f} s")
     return "  ".join(parts)
 

@@ -38,7 +38,8 @@ from hst.losses import (
 from hst.methods.base import Evidence, FeatureBatch, FeatureSource, LossOutput, Method, StepContext
 from hst.methods.pseudo_label_round import PseudoLabelRound, RoundSettings, pseudo_label_round, round_logs
 from hst.methods.semantic_transfer import cooccurrence_term, known_and_cooccurrence_loss, pseudo_label_logs
-from hst.methods.thresholds import NO_THRESHOLD_LOW, ORACLES, ClassThresholds, oracle_targets
+from hst.methods.thresholds import NO_THRESHOLD_LOW, ORACLES, ClassThresholds, oracle_targets, quality
+from hst.methods.weak_negatives import withheld_counts, withheld_weak_negatives
 from hst.models.cst import Prototypes, inter_scores, prototypes_from_lists
 from hst.models.ist import ISTHead, intra_scores, intra_scores_leave_one_out
 from hst.models.network import NetworkOutput
@@ -90,6 +91,8 @@ class HST(Method):
         self.calibration: dict[str, ClassThresholds] = {}
         self.weak_negative_classes: torch.Tensor | None = None
         """Calibrated mode: bool C, classes without a known negative (their unknown entries are weak negatives)."""
+        self.withheld: torch.Tensor | None = None
+        """Calibrated mode: bool ``num_train×C``, the weak negatives left out of the loss (``weak_negatives``)."""
         self._epoch_counts: dict[str, float] = {}
 
     @property
@@ -104,13 +107,15 @@ class HST(Method):
 
     def class_prior(self, labels: np.ndarray) -> np.ndarray:
         """The known positive rate, except in classes without a known negative (calibrated mode), whose unknown
-        entries are weak negatives: there the rate the weighted BCE trains towards, not the ~1 of positives only."""
+        entries are weak negatives: there the rate the weighted BCE trains towards (the withheld ones left out), not
+        the ~1 of positives only."""
         prior = super().class_prior(labels)
         weak = classes_without_negatives(labels)
         if not self.calibrated or not weak.any():
             return prior
         positives, unknown = (labels > 0).sum(0), (labels == 0).sum(0)
-        weighted = (positives + 0.5) / (positives + self.weak_weight * unknown + 1.0)
+        negatives = unknown - withheld_counts(labels, self.config.weak_negative_withhold)
+        weighted = (positives + 0.5) / (positives + self.weak_weight * negatives + 1.0)
         return np.where(weak, weighted, prior)
 
     def _threshold_logs(self) -> dict[str, float]:
@@ -250,12 +255,26 @@ class HST(Method):
         if weak.any():
             log.warning("%d classes have no known negative: their unknown entries are weak negatives", int(weak.sum()))
         chosen = None if self.calibration_labels is None else np.asarray(self.calibration_labels)[rows_np]
-        result = pseudo_label_round(pooled, labels, RoundSettings.from_method(c, seed=epoch), chosen)
+        result_settings = RoundSettings.from_method(c, seed=epoch)
+        result = pseudo_label_round(pooled, labels, result_settings, chosen)
         targets = oracle_targets(result.targets, labels, full, c.pseudo_label_oracle)
         table = torch.zeros(max(self.num_train, int(rows_np.max()) + 1), self.num_classes, dtype=torch.int8)
         table[torch.from_numpy(rows_np)] = torch.from_numpy(targets)
         self.pseudo_targets = table.to(self.intra_threshold.device)
         self.calibration = {"cross_fitted": ClassThresholds(result.positive.threshold, self._negative_of(result))}
+        withheld = withheld_weak_negatives(
+            pooled,
+            labels,
+            weak,
+            c.weak_negative_withhold,
+            result_settings.neighbours,
+            result_settings.probe,
+            epoch,
+            result_settings.bank_limit,
+        )
+        self.withheld = torch.zeros(table.shape, dtype=torch.bool)
+        self.withheld[torch.from_numpy(rows_np)] = torch.from_numpy(withheld)
+        self.withheld = self.withheld.to(self.intra_threshold.device)
         refused = result.positive.summary()
         if refused:
             num = self.num_classes
@@ -264,6 +283,10 @@ class HST(Method):
         result.targets = targets
         logs = round_logs(result, labels, full if has_truth else None)
         logs["uncalibrated_classes"] = float((~result.positive.calibrated).sum())
+        if weak.any():
+            # Withheld entries as if positives: their count, and how many hidden positives they hold.
+            held = quality(withheld.astype(np.int8), labels, full if has_truth else None)
+            logs |= {f"withheld_{key.removeprefix('pos_')}": v for key, v in held.items() if key.startswith("pos_")}
         return logs
 
     @staticmethod
@@ -289,13 +312,21 @@ class HST(Method):
             targets = torch.where(known, labels, pseudo)
             unknown_weight = torch.where(weak[None, :] & (pseudo < 0), weak_weight, c.pseudo_label_weight)
             weights = torch.where(known, 1.0, torch.where(pseudo != 0, unknown_weight, 0.0))
+            weights = weights * self._kept(ctx, weights)
             loss = weighted_bce(logits, targets, weights)
             return loss, {"bce": float(loss.detach()), "pseudo_entries": given}
         targets = torch.where(known, labels, torch.full_like(labels, -1))
         unknown_weight = torch.where(weak[None, :], weak_weight, c.unknown_negative_weight)
-        weights = torch.where(known, 1.0, unknown_weight)
+        weights = torch.where(known, 1.0, unknown_weight) * self._kept(ctx, labels)
         loss = weighted_bce(logits, targets, weights)
         return loss, {"bce": float(loss.detach())}
+
+    def _kept(self, ctx: StepContext, like: torch.Tensor) -> torch.Tensor:
+        """1 on the batch's entries, 0 on its withheld weak negatives."""
+        if self.withheld is None:
+            return torch.ones_like(like, dtype=torch.float32)
+        held = self.withheld[ctx.indices.to(self.withheld.device)].to(like.device)
+        return (~held).float()
 
     # loss ---------------------------------------------------------------------------------------------
     def training_loss(self, output: NetworkOutput, labels: torch.Tensor, ctx: StepContext) -> LossOutput:
@@ -371,6 +402,7 @@ class HST(Method):
             "pseudo_targets": None if self.pseudo_targets is None else self.pseudo_targets.cpu(),
             "calibration": {name: t.to_dict() for name, t in self.calibration.items()},
             "weak_negative_classes": self.weak_negative_classes,
+            "withheld": None if self.withheld is None else self.withheld.cpu(),
         }
         return state
 
@@ -379,6 +411,8 @@ class HST(Method):
         saved = state.get("prototypes")
         self.prototypes = None if saved is None else Prototypes.from_state_dict(saved).to(device)
         self.weak_negative_classes = state.get("weak_negative_classes")
+        withheld = state.get("withheld")
+        self.withheld = None if withheld is None else withheld.to(device)
         table = state.get("pseudo_targets")
         self.pseudo_targets = None if table is None else table.to(device)
         self.calibration = {
