@@ -84,7 +84,7 @@ def test_withholding_changes_nothing_when_every_class_has_a_known_negative() -> 
         config = MethodConfig(pseudo_label_epoch=1, use_ist=False, use_cst=False, weak_negative_withhold=share)
         method = create("hst", config, classes, 6, num)
         logs = method.on_train_epoch_start(0, source)
-        assert "withheld_count" not in logs
+        assert "withheld_count" not in logs and method.withheld is None
         rows = torch.arange(32)
         output = NetworkOutput(logits[rows], semantic[rows])
         losses.append(method.training_loss(output, labels[rows], StepContext(1, 1, 2, rows, full[rows])).loss)

@@ -10,7 +10,8 @@ entries to ``target_precision``). Before ``pseudo_label_epoch`` L_cls is BCE on 
 entries as negatives at weight ``unknown_negative_weight``; from then on BCE on known + pseudo-labelled entries, the
 rest ignored. Classes with no known negative (single-positive labels) cannot be calibrated: their unknown entries
 are negatives at ``weak_negative_weight`` throughout (1 by default; 1/(C−1) is the "weak assume negative" of Cole
-et al., 2021), and their initial biases start from the rate that weighted loss trains towards.
+et al., 2021) except those most like a positive (``weak_negative_withhold``, ``hst.methods.weak_negatives``), and
+their initial biases start from the rate that weighted loss trains towards.
 
 ``method.thresholds=learned`` (the published DTL) or ``fixed``: L_cls = BCE(s, y), and e ≥ pseudo_label_epoch
 adds + BCE(s, ŷ_intra) + λ_dtl·BCE(q_intra, y) (IST) + BCE(s, ŷ_inter) + λ_dtl·BCE(q_inter, y) (CST), pseudo
@@ -255,8 +256,8 @@ class HST(Method):
         if weak.any():
             log.warning("%d classes have no known negative: their unknown entries are weak negatives", int(weak.sum()))
         chosen = None if self.calibration_labels is None else np.asarray(self.calibration_labels)[rows_np]
-        result_settings = RoundSettings.from_method(c, seed=epoch)
-        result = pseudo_label_round(pooled, labels, result_settings, chosen)
+        settings = RoundSettings.from_method(c, seed=epoch)
+        result = pseudo_label_round(pooled, labels, settings, chosen)
         targets = oracle_targets(result.targets, labels, full, c.pseudo_label_oracle)
         table = torch.zeros(max(self.num_train, int(rows_np.max()) + 1), self.num_classes, dtype=torch.int8)
         table[torch.from_numpy(rows_np)] = torch.from_numpy(targets)
@@ -267,14 +268,16 @@ class HST(Method):
             labels,
             weak,
             c.weak_negative_withhold,
-            result_settings.neighbours,
-            result_settings.probe,
+            settings.neighbours,
+            settings.probe,
             epoch,
-            result_settings.bank_limit,
+            settings.bank_limit,
         )
-        self.withheld = torch.zeros(table.shape, dtype=torch.bool)
-        self.withheld[torch.from_numpy(rows_np)] = torch.from_numpy(withheld)
-        self.withheld = self.withheld.to(self.intra_threshold.device)
+        self.withheld = None  # nothing withheld: the loss skips the mask
+        if withheld.any():
+            held = torch.zeros(table.shape, dtype=torch.bool)
+            held[torch.from_numpy(rows_np)] = torch.from_numpy(withheld)
+            self.withheld = held.to(self.intra_threshold.device)
         refused = result.positive.summary()
         if refused:
             num = self.num_classes
@@ -312,21 +315,21 @@ class HST(Method):
             targets = torch.where(known, labels, pseudo)
             unknown_weight = torch.where(weak[None, :] & (pseudo < 0), weak_weight, c.pseudo_label_weight)
             weights = torch.where(known, 1.0, torch.where(pseudo != 0, unknown_weight, 0.0))
-            weights = weights * self._kept(ctx, weights)
+            weights = self._without_withheld(weights, ctx)
             loss = weighted_bce(logits, targets, weights)
             return loss, {"bce": float(loss.detach()), "pseudo_entries": given}
         targets = torch.where(known, labels, torch.full_like(labels, -1))
         unknown_weight = torch.where(weak[None, :], weak_weight, c.unknown_negative_weight)
-        weights = torch.where(known, 1.0, unknown_weight) * self._kept(ctx, labels)
+        weights = self._without_withheld(torch.where(known, 1.0, unknown_weight), ctx)
         loss = weighted_bce(logits, targets, weights)
         return loss, {"bce": float(loss.detach())}
 
-    def _kept(self, ctx: StepContext, like: torch.Tensor) -> torch.Tensor:
-        """1 on the batch's entries, 0 on its withheld weak negatives."""
+    def _without_withheld(self, weights: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        """``weights`` with the batch's withheld weak negatives at 0."""
         if self.withheld is None:
-            return torch.ones_like(like, dtype=torch.float32)
-        held = self.withheld[ctx.indices.to(self.withheld.device)].to(like.device)
-        return (~held).float()
+            return weights
+        held = self.withheld[ctx.indices.to(self.withheld.device)].to(weights.device)
+        return weights.masked_fill(held, 0.0)
 
     # loss ---------------------------------------------------------------------------------------------
     def training_loss(self, output: NetworkOutput, labels: torch.Tensor, ctx: StepContext) -> LossOutput:
