@@ -49,11 +49,12 @@ def main() -> None:
         error = diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else float("nan")
         per_seed = ", ".join(f"{d:+.2f}" for d in diff)
         print(f"\nhst − {ref}: {diff.mean():+.2f} ± {error:.2f} (standard error; by seed {per_seed})")
+    print()
     for s in seeds:
         held = {k.removeprefix("withheld_"): v for k, v in runs["hst", s][2].items()}
         if held:
             print(
-                f"seed {s}: withheld {held['count']:.0f}, hidden positives among them {held['correct']:.0f} "
+                f"- seed {s}: withheld {held['count']:.0f}, hidden positives among them {held['correct']:.0f} "
                 f"({100 * held['precision']:.1f}%), {100 * held['recall']:.1f}% of the {held['possible']:.0f} hidden"
             )
 
