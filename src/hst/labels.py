@@ -56,6 +56,11 @@ def known_fraction(labels: np.ndarray) -> float:
     return float((labels != UNKNOWN).mean()) if labels.size else 0.0
 
 
+def classes_without_negatives(labels: np.ndarray) -> np.ndarray:
+    """bool C: the classes with no known negative (single-positive labels), whose precision cannot be measured."""
+    return ~(np.asarray(labels) == NEGATIVE).any(axis=0)
+
+
 def cooccurrence_counts(labels: np.ndarray) -> np.ndarray:
     """C×C counts of images in which both classes are known positive (diagonal = class counts)."""
     positive = (np.asarray(labels) == POSITIVE).astype(np.int64)

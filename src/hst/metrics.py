@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from hst.labels import NEGATIVE, POSITIVE, UNKNOWN, as_label_matrix
+from hst.labels import NEGATIVE, POSITIVE, UNKNOWN, as_label_matrix, classes_without_negatives
 
 # Upper bound on elements per sorted block, to keep peak memory modest on large test sets.
 _BLOCK_ELEMENTS = 1 << 21
@@ -221,7 +221,7 @@ def positives_only_labels(labels: np.ndarray) -> np.ndarray:
     their labels.
     """
     labels = np.asarray(labels)
-    no_negative = ~(labels == NEGATIVE).any(axis=0)
+    no_negative = classes_without_negatives(labels)
     if not no_negative.any():
         return labels
     return np.where((labels == UNKNOWN) & no_negative[None, :], NEGATIVE, labels).astype(labels.dtype)

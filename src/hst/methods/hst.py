@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from hst.config import MethodConfig
+from hst.labels import classes_without_negatives
 from hst.losses import (
     instance_contrastive_loss,
     partial_bce,
@@ -47,11 +48,6 @@ from hst.models.network import NetworkOutput
 
 THRESHOLD_MODES = ("calibrated", "learned", "fixed")
 log = logging.getLogger(__name__)
-
-
-def classes_without_negatives(labels: np.ndarray) -> np.ndarray:
-    """bool C: the classes with no known negative, whose unknown entries HST takes as weak negatives."""
-    return ~(labels < 0).any(0)
 
 
 def _pooled_of(batch: FeatureBatch) -> torch.Tensor:
@@ -288,8 +284,8 @@ class HST(Method):
         logs["uncalibrated_classes"] = float((~result.positive.calibrated).sum())
         if weak.any():
             # Withheld entries as if positives: their count, and how many hidden positives they hold.
-            held = quality(withheld.astype(np.int8), labels, full if has_truth else None)
-            logs |= {f"withheld_{key.removeprefix('pos_')}": v for key, v in held.items() if key.startswith("pos_")}
+            counts = quality(withheld.astype(np.int8), labels, full if has_truth else None)
+            logs |= {f"withheld_{key.removeprefix('pos_')}": v for key, v in counts.items() if key.startswith("pos_")}
         return logs
 
     @staticmethod

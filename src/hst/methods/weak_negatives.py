@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from hst.methods.cross_fitted_evidence import cross_fitted_evidence
+from hst.metrics import positives_only_labels
 
 
 def withheld_counts(labels: np.ndarray, share: float) -> np.ndarray:
@@ -48,8 +49,9 @@ def withheld_weak_negatives(
     if share <= 0 or len(columns) == 0:
         return withheld
     sub = labels[:, columns]
-    # Positive-unlabelled: the unknown entries stand in as the negatives the score is fit against.
-    stand_in = np.where(sub == 0, -1, sub).astype(np.int8)
+    # Positive-unlabelled: the unknown entries stand in as the negatives the score is fit against, as in model
+    # selection for these classes.
+    stand_in = positives_only_labels(sub)
     score = cross_fitted_evidence(pooled, stand_in, neighbours, probe, seed=seed, bank_limit=bank_limit).joint
     counts = withheld_counts(sub, share)
     for position, column in enumerate(columns):
